@@ -1,0 +1,193 @@
+"""
+Mailboxes, paths and domains, checked against the grammar of RFC 5321 §4.1.2
+(with the UTF-8 extensions of RFC 6531 §3.3 when asked for).
+
+A :class:`Mailbox` that exists is valid. Its local part is kept unquoted;
+:meth:`Mailbox.render` quotes it again where the grammar requires.
+
+The lengths of RFC 5321 §4.5.3.1 (local part 64, domain 255, path 256) are
+sizes that a server must *accept*, not limits to enforce, so none is enforced
+here: the command line length bounds what can arrive.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+import attrs
+
+__all__ = [
+    "AddressError",
+    "Mailbox",
+    "NULL_PATH",
+    "NullPath",
+    "ReversePath",
+    "is_domain",
+    "parse_forward_path",
+    "parse_reverse_path",
+]
+
+
+class AddressError(ValueError):
+    """A path, mailbox or domain does not match the RFC 5321 grammar."""
+
+
+# RFC 5322 atext as RFC 5321 §4.1.2 uses it, and RFC 6531 §3.3 UTF8-non-ascii.
+_ATEXT_ASCII = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~-"
+_ATEXT_UTF8 = _ATEXT_ASCII + r"\u0080-\U0010ffff"
+_DOT_STRING = {
+    False: re.compile(rf"[{_ATEXT_ASCII}]+(?:\.[{_ATEXT_ASCII}]+)*\Z"),
+    True: re.compile(rf"[{_ATEXT_UTF8}]+(?:\.[{_ATEXT_UTF8}]+)*\Z"),
+}
+# qtextSMTP / quoted-pairSMTP (RFC 5321 §4.1.2).
+_QUOTED_CHAR = {
+    False: re.compile(r'[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e]'),
+    True: re.compile(r'[\x20\x21\x23-\x5b\x5d-\x7e\u0080-\U0010ffff]|\\[\x20-\x7e]'),
+}
+_SUB_DOMAIN = {
+    False: re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\Z"),
+    True: re.compile(r"[A-Za-z0-9\u0080-\U0010ffff](?:[A-Za-z0-9\u0080-\U0010ffff-]*"
+                     r"[A-Za-z0-9\u0080-\U0010ffff])?\Z"),
+}
+_GENERAL_LITERAL = re.compile(r"[A-Za-z0-9-]*[A-Za-z0-9]:[\x21-\x5a\x5e-\x7e]+\Z")
+
+
+def is_domain(text: str, utf8: bool = False) -> bool:
+    """``True`` if *text* is a Domain of RFC 5321 §4.1.2."""
+    if not text or text.endswith("."):
+        return False
+    pattern = _SUB_DOMAIN[utf8]
+    return all(pattern.match(label) for label in text.split("."))
+
+
+def _is_address_literal(text: str) -> bool:
+    if not (text.startswith("[") and text.endswith("]")):
+        return False
+    inner = text[1:-1]
+    if inner[:5].lower() == "ipv6:":
+        try:
+            ipaddress.IPv6Address(inner[5:])
+        except ValueError:
+            return False
+        return True
+    try:
+        ipaddress.IPv4Address(inner)
+    except ValueError:
+        return bool(_GENERAL_LITERAL.match(inner)) and not inner[0].isdigit()
+    return True
+
+
+def _unquote(text: str, utf8: bool) -> str:
+    """The content of a Quoted-string, or raise :class:`AddressError`."""
+    body = text[1:-1]
+    pattern = _QUOTED_CHAR[utf8]
+    out = []
+    pos = 0
+    while pos < len(body):
+        match = pattern.match(body, pos)
+        if match is None:
+            raise AddressError(f"bad character in quoted local part: {text!r}")
+        out.append(match.group()[-1])
+        pos = match.end()
+    return "".join(out)
+
+
+@attrs.frozen
+class Mailbox:
+    """
+    A mailbox: a local part and a domain or address literal.
+
+    :ivar local_part: the local part, unquoted.
+    :ivar domain: the domain or address literal as written, or ``""`` only for
+        the special ``<postmaster>`` recipient of RFC 5321 §4.1.1.3.
+    """
+
+    local_part: str
+    domain: str
+
+    @classmethod
+    def parse(cls, text: str, utf8: bool = False) -> Mailbox:
+        """Parse ``local@domain``; raise :class:`AddressError` if invalid."""
+        at = text.rfind("@")
+        if at < 0:
+            if text.lower() == "postmaster":
+                return cls(text, "")
+            raise AddressError(f"mailbox {text!r} has no domain")
+        local, domain = text[:at], text[at + 1 :]
+        if len(local) >= 2 and local.startswith('"') and local.endswith('"'):
+            local = _unquote(local, utf8)
+        elif not _DOT_STRING[utf8].match(local):
+            raise AddressError(f"bad local part in {text!r}")
+        if not (is_domain(domain, utf8) or _is_address_literal(domain)):
+            raise AddressError(f"bad domain in {text!r}")
+        return cls(local, domain)
+
+    @property
+    def is_postmaster(self) -> bool:
+        """``True`` for the local part ``postmaster`` in any case."""
+        return self.local_part.lower() == "postmaster"
+
+    @property
+    def is_ascii(self) -> bool:
+        """``True`` when no part of the mailbox needs SMTPUTF8."""
+        return (self.local_part + self.domain).isascii()
+
+    def render(self) -> str:
+        """The mailbox as RFC 5321 writes it, quoting the local part if needed."""
+        local = self.local_part
+        if not _DOT_STRING[True].match(local):
+            escaped = local.replace("\\", "\\\\").replace('"', '\\"')
+            local = f'"{escaped}"'
+        return f"{local}@{self.domain}" if self.domain else local
+
+    def __str__(self) -> str:
+        return self.render()
+
+
+@attrs.frozen
+class NullPath:
+    """The null reverse path ``<>``, used for bounces (RFC 5321 §4.5.5)."""
+
+    def render(self) -> str:
+        return ""
+
+    def __str__(self) -> str:
+        return ""
+
+
+NULL_PATH = NullPath()
+ReversePath = Mailbox | NullPath
+
+
+def _strip_path(text: str, utf8: bool) -> str:
+    """The Mailbox text of a Path, with any source route dropped."""
+    if not (text.startswith("<") and text.endswith(">")):
+        raise AddressError(f"path {text!r} is not in angle brackets")
+    inner = text[1:-1]
+    if inner.startswith("@"):
+        # A-d-l: accepted and ignored (RFC 5321 §4.1.2, §C).
+        route, colon, rest = inner.partition(":")
+        if not colon:
+            raise AddressError(f"source route in {text!r} has no colon")
+        for hop in route.split(","):
+            if not (hop.startswith("@") and is_domain(hop[1:], utf8)):
+                raise AddressError(f"bad source route in {text!r}")
+        inner = rest
+    return inner
+
+
+def parse_reverse_path(text: str, utf8: bool = False) -> ReversePath:
+    """Parse the Reverse-path of MAIL FROM (``<>`` gives :data:`NULL_PATH`)."""
+    inner = _strip_path(text, utf8)
+    if inner == "":
+        return NULL_PATH
+    mailbox = Mailbox.parse(inner, utf8)
+    if not mailbox.domain:
+        raise AddressError(f"sender {text!r} has no domain")
+    return mailbox
+
+
+def parse_forward_path(text: str, utf8: bool = False) -> Mailbox:
+    """Parse the Forward-path of RCPT TO; ``<postmaster>`` needs no domain."""
+    return Mailbox.parse(_strip_path(text, utf8), utf8)

@@ -1,0 +1,192 @@
+"""
+Parsing of one SMTP command line into an event (RFC 5321 §4.1).
+
+Each parse either returns a command event or raises :class:`CommandError`
+with the reply that the command gets.
+"""
+
+from __future__ import annotations
+
+import re
+
+from mailframe.address import AddressError, parse_forward_path, parse_reverse_path
+from mailframe.core import _events as ev
+from mailframe.envelope import BodyType
+from mailframe.reply import Reply
+
+__all__ = ["CommandError", "Parameters", "parse_command"]
+
+# RFC 5321 §4.1.2: esmtp-keyword and esmtp-value.
+_KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*\Z")
+_VALUE = re.compile(r"[\x21-\x3c\x3e-\x7e\u0080-\U0010ffff]+\Z")
+_DIGITS = re.compile(r"[0-9]{1,20}\Z")
+
+#: Commands of RFC 5321 and its predecessors that are known but not served.
+_NOT_IMPLEMENTED = frozenset({"SEND", "SOML", "SAML", "TURN", "ETRN", "ATRN", "BDAT",
+                              "STARTTLS", "AUTH"})
+
+Parameters = tuple[tuple[str, str | None], ...]
+
+
+class CommandError(Exception):
+    def __init__(self, reply: Reply) -> None:
+        self.reply = reply
+        super().__init__(str(reply))
+
+
+def _error(code: int, status: str, text: str) -> CommandError:
+    return CommandError(Reply(code, status, text))
+
+
+def _split_path(argument: str, keyword: str) -> tuple[str, str]:
+    """
+    Split ``FROM:<path> params`` into the path and the parameter text.
+
+    The path may hold spaces and ``>`` inside a quoted local part. A path
+    without angle brackets is taken up to the first space, as Postfix does
+    with ``strict_rfc821_envelopes = no``.
+    """
+    if argument[: len(keyword) + 1].upper() != keyword + ":":
+        raise _error(501, "5.5.4", f"Syntax: {keyword}:<address>")
+    rest = argument[len(keyword) + 1 :].lstrip(" ")
+    if not rest:
+        raise _error(501, "5.5.4", f"Syntax: {keyword}:<address>")
+    if not rest.startswith("<"):
+        path, _, params = rest.partition(" ")
+        return f"<{path}>", params
+    quoted = False
+    escaped = False
+    for index, char in enumerate(rest):
+        if escaped:
+            escaped = False
+        elif char == "\\" and quoted:
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif char == ">" and not quoted:
+            return rest[: index + 1], rest[index + 1 :]
+    raise _error(501, "5.5.4", f"Syntax: {keyword}:<address>: missing '>'")
+
+
+def _parameters(text: str) -> Parameters:
+    """Parse ``KEY[=VALUE]`` words (RFC 5321 §4.1.2 Mail-parameters)."""
+    if text and not text.startswith(" "):
+        raise _error(501, "5.5.4", "Syntax error in parameters")
+    seen: dict[str, str | None] = {}
+    for word in text.split():
+        key, equals, value = word.partition("=")
+        if not _KEYWORD.match(key) or (equals and not _VALUE.match(value)):
+            raise _error(501, "5.5.4", f"Bad parameter syntax: {word}")
+        key = key.upper()
+        if key in seen:
+            raise _error(501, "5.5.4", f"Duplicate parameter: {key}")
+        seen[key] = value if equals else None
+    return tuple(seen.items())
+
+
+def _mail(argument: str, extensions: frozenset[str], max_size: int) -> ev.Mail:
+    path_text, params_text = _split_path(argument, "FROM")
+    parameters = _parameters(params_text)
+    size: int | None = None
+    body = BodyType.SEVEN_BIT
+    smtputf8 = False
+    for key, value in parameters:
+        if key == "SIZE" and "SIZE" in extensions:
+            if value is None or not _DIGITS.match(value):
+                raise _error(501, "5.5.4", "Bad SIZE parameter")
+            size = int(value)
+        elif key == "BODY" and "8BITMIME" in extensions:
+            try:
+                body = BodyType((value or "").upper())
+            except ValueError:
+                raise _error(501, "5.5.4", f"Unsupported BODY type: {value}") from None
+            if body is BodyType.BINARY_MIME and "BINARYMIME" not in extensions:
+                raise _error(501, "5.5.4", f"Unsupported BODY type: {value}")
+        elif key == "SMTPUTF8" and "SMTPUTF8" in extensions and value is None:
+            smtputf8 = True
+        else:
+            raise _error(555, "5.5.4", f"Unsupported MAIL parameter: {key}")
+    try:
+        sender = parse_reverse_path(path_text, utf8=smtputf8)
+    except AddressError:
+        raise _error(501, "5.1.7", f"Bad sender address syntax: {path_text}") from None
+    if max_size and size is not None and size > max_size:
+        # RFC 1870 §6.2.
+        raise _error(552, "5.3.4", "Message size exceeds fixed maximum message size")
+    return ev.Mail(sender, parameters, size, body, smtputf8)
+
+
+def _rcpt(argument: str, extensions: frozenset[str], smtputf8: bool) -> ev.Rcpt:
+    path_text, params_text = _split_path(argument, "TO")
+    parameters = _parameters(params_text)
+    if parameters:
+        raise _error(555, "5.5.4", f"Unsupported RCPT parameter: {parameters[0][0]}")
+    try:
+        recipient = parse_forward_path(path_text, utf8=smtputf8)
+    except AddressError:
+        raise _error(501, "5.1.3", f"Bad recipient address syntax: {path_text}") from None
+    return ev.Rcpt(recipient, parameters)
+
+
+def _no_argument(verb: str, argument: str, event: ev.Command) -> ev.Command:
+    if argument.strip():
+        raise _error(501, "5.5.4", f"Syntax: {verb}")
+    return event
+
+
+def parse_command(
+    line: bytes,
+    extensions: frozenset[str] = frozenset(),
+    max_size: int = 0,
+    smtputf8: bool = False,
+) -> ev.Command:
+    """
+    Parse one command line, without its CRLF.
+
+    :param extensions: the EHLO keywords that were advertised; parameters of
+        extensions that were not advertised get 555.
+    :param max_size: the SIZE limit, for early refusal (RFC 1870 §6.2).
+    :param smtputf8: the transaction's MAIL carried SMTPUTF8.
+    :raises CommandError: with the reply for a malformed command.
+    """
+    if b"\x00" in line:
+        raise _error(500, "5.5.2", "NUL character in command")
+    if b"\r" in line or b"\n" in line:
+        # RFC 5321 §2.3.8: only CRLF ends a line.
+        raise _error(500, "5.5.2", "Bare CR or LF in command")
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _error(500, "5.5.2", "Command is not valid UTF-8") from None
+    verb, _, argument = text.partition(" ")
+    verb = verb.upper()
+    if verb == "EHLO" or verb == "HELO":
+        name = argument.strip()
+        if not name:
+            raise _error(501, "5.5.4", f"Syntax: {verb} hostname")
+        return ev.Ehlo(name) if verb == "EHLO" else ev.Helo(name)
+    if verb == "MAIL":
+        return _mail(argument, extensions, max_size)
+    if verb == "RCPT":
+        return _rcpt(argument, extensions, smtputf8)
+    if verb == "DATA":
+        return _no_argument(verb, argument, ev.Data())
+    if verb == "RSET":
+        return _no_argument(verb, argument, ev.Rset())
+    if verb == "QUIT":
+        return _no_argument(verb, argument, ev.Quit())
+    if verb == "NOOP":
+        return ev.Noop()
+    if verb == "VRFY":
+        if not argument.strip():
+            raise _error(501, "5.5.4", "Syntax: VRFY address")
+        return ev.Vrfy(argument.strip())
+    if verb == "EXPN":
+        return ev.Expn(argument.strip())
+    if verb == "HELP":
+        return ev.Help(argument.strip())
+    if not verb:
+        raise _error(500, "5.5.2", "Error: bad syntax")
+    if verb in _NOT_IMPLEMENTED:
+        raise _error(502, "5.5.1", f"Command not implemented: {verb}")
+    raise _error(500, "5.5.1", "Command unrecognized")

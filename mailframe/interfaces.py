@@ -1,0 +1,263 @@
+"""
+The contracts of mailframe.
+
+Every decision point of the mail path is one of these interfaces. Each has
+an in-memory reference implementation in :mod:`mailframe.testing` and a
+contract test suite that every implementation runs.
+
+Methods that may wait return a :class:`~twisted.internet.defer.Deferred`;
+policy hooks may also return their verdict directly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from zope.interface import Attribute, Interface
+
+__all__ = [
+    "IComponentMaker",
+    "IDeliveryTransport",
+    "IPolicy",
+    "IQueueStore",
+    "IQueueWriter",
+    "IResolver",
+    "IRouter",
+]
+
+
+class IPolicy(Interface):
+    """
+    A policy that the SMTP server asks at each step of a session.
+
+    Every hook returns a :class:`~mailframe.verdict.Verdict` or a Deferred
+    that fires with one. Replies stay in command order under PIPELINING
+    whatever order Deferreds fire in. An exception, or a failed Deferred,
+    becomes one logged ``451 4.3.0`` reply for that command.
+
+    Relay control, local-user checks, limits, DNSBL and SPF are policies.
+    """
+
+    def connect(client: Any) -> Any:
+        """
+        A client connected.
+
+        :param client: a :class:`~mailframe.envelope.ClientInfo`, with the
+            address from the PROXY header where there was one.
+        :return: a verdict; REJECT or TEMPFAIL answer the greeting with the
+            verdict's reply and close the connection.
+        """
+
+    def helo(client: Any, name: str) -> Any:
+        """The client said HELO or EHLO *name*."""
+
+    def mail(client: Any, sender: Any, parameters: Any) -> Any:
+        """
+        The client said MAIL FROM.
+
+        :param sender: a :class:`~mailframe.address.Mailbox` or
+            :data:`~mailframe.address.NULL_PATH`.
+        :param parameters: the ESMTP parameters, a mapping of upper-case
+            keyword to value (``None`` for a bare keyword).
+        """
+
+    def rcpt(client: Any, sender: Any, recipient: Any, parameters: Any) -> Any:
+        """
+        The client said RCPT TO.
+
+        :param recipient: a :class:`~mailframe.address.Mailbox`.
+        """
+
+    def end_of_data(envelope: Any, headers: bytes, message: Any) -> Any:
+        """
+        The message has arrived, and is not yet committed.
+
+        :param envelope: the :class:`~mailframe.envelope.Envelope`.
+        :param headers: the message's header section as received (capped in
+            size), ending with the empty line when there was one.
+        :param message: a callable returning a binary file object that reads
+            the whole message as received, for policies that scan bodies.
+        :return: a verdict: REJECT or TEMPFAIL refuse the message, HOLD and
+            DISCARD accept it, and ``headers`` are prepended.
+        """
+
+
+class IQueueWriter(Interface):
+    """
+    Where one incoming message is written, before it is committed.
+
+    It is an :class:`~twisted.internet.interfaces.IConsumer`: a producer
+    registered with it is paused while the writer's buffers are full, and
+    resumed when they drain.
+    """
+
+    queue_id = Attribute(
+        "The id of the entry, known before any byte is written, because it"
+        " goes into the Received: header."
+    )
+
+    def registerProducer(producer: Any, streaming: bool) -> None:
+        """Register a producer to pause while writes are pending."""
+
+    def unregisterProducer() -> None:
+        """Forget the registered producer."""
+
+    def write(data: bytes) -> None:
+        """Append *data* to the message."""
+
+    def commit(envelope: Any) -> Any:
+        """
+        Make the message and its envelope durable, and queue it.
+
+        :return: a Deferred that fires with the queue id only once both the
+            message and the envelope will survive a crash. Replying 250 to
+            the client before it fires loses mail.
+        """
+
+    def abort() -> None:
+        """Throw the message away. Safe to call at any time, also twice."""
+
+
+class IQueueStore(Interface):
+    """
+    The queue: durable storage of messages and their delivery state.
+
+    The ``mailframe queue`` commands use only this contract, so they work on
+    every store.
+    """
+
+    def recover() -> Any:
+        """
+        Make the store consistent after a crash or a restart: drop partial
+        writes, and return entries that were claimed back to deferred.
+
+        :return: a Deferred firing with the number of entries in the queue.
+        """
+
+    def has_room(size: int) -> bool:
+        """``False`` when a message of *size* octets would not fit."""
+
+    def open_writer() -> IQueueWriter:
+        """Start receiving a new message."""
+
+    def open_message(queue_id: str) -> Any:
+        """A Deferred firing with a binary file object reading the message."""
+
+    def claim(now: float, limit: int, lease: float) -> Any:
+        """
+        Take up to *limit* entries that are due at *now*, leasing each for
+        *lease* seconds so that no other runner claims them.
+
+        :return: a Deferred list of :class:`~mailframe.envelope.QueueEntry`.
+        """
+
+    def renew(queue_id: str, lease: float) -> Any:
+        """Extend the lease on a claimed entry; fails if it was lost."""
+
+    def record(queue_id: str, results: Any) -> Any:
+        """
+        Record the :class:`~mailframe.envelope.RecipientResult` of an attempt.
+        Delivered and permanently failed recipients are done; when none is
+        left pending, the entry is done and removed.
+        """
+
+    def reschedule(queue_id: str, when: float, reason: str) -> Any:
+        """Defer a claimed entry until *when*, releasing its lease."""
+
+    def list(state: Any = None, after: str | None = None, limit: int = 1000) -> Any:
+        """
+        A page of entries, in queue-id order, after *after*; call again with
+        the last id to stream the whole queue.
+
+        :param state: an :class:`~mailframe.envelope.EntryState` to filter on.
+        """
+
+    def get(queue_id: str) -> Any:
+        """A Deferred firing with the entry, or ``None``."""
+
+    def hold(queue_id: str, reason: str) -> Any:
+        """Put an entry on hold."""
+
+    def release(queue_id: str) -> Any:
+        """Release a held entry; it becomes due now."""
+
+    def delete(queue_id: str) -> Any:
+        """Remove an entry and its message."""
+
+    def requeue(queue_id: str) -> Any:
+        """Make an entry due now, keeping its history."""
+
+    def flush() -> Any:
+        """Make every deferred entry due now."""
+
+    def stats() -> Any:
+        """A Deferred firing with :class:`~mailframe.envelope.QueueStats`."""
+
+    def quarantine(queue_id: str, reason: str) -> Any:
+        """Set an unreadable or corrupt entry aside, out of delivery."""
+
+
+class IRouter(Interface):
+    """Decides where each recipient goes."""
+
+    def route(envelope: Any, recipient: Any) -> Any:
+        """
+        :return: a Deferred list of ``(recipient, original_recipient, Route)``
+            tuples. A router may expand one address into several, keeping the
+            original for DSN.
+        """
+
+
+class IDeliveryTransport(Interface):
+    """Takes a message to where a route says."""
+
+    def deliver(entry: Any, recipients: Any, route: Any) -> Any:
+        """
+        Deliver the message of *entry* to *recipients*, all of which share
+        *route*.
+
+        :param recipients: a sequence of ``(recipient, original)`` pairs.
+        :return: a Deferred list of
+            :class:`~mailframe.envelope.RecipientResult`, one per recipient.
+        """
+
+
+class IResolver(Interface):
+    """
+    DNS lookups, answering with values rather than DNS library objects. Each
+    returns a Deferred; a name that does not exist gives an empty list.
+    """
+
+    def lookup_mx(domain: str) -> Any:
+        """A list of ``(preference, host)`` pairs, as published."""
+
+    def lookup_address(host: str) -> Any:
+        """The IPv6 and IPv4 addresses of *host*, as strings."""
+
+    def lookup_txt(name: str) -> Any:
+        """The TXT records of *name*, each one string."""
+
+
+class IComponentMaker(Interface):
+    """
+    Builds one kind of component; found as a Twisted plugin in
+    :mod:`mailframe.plugins`.
+    """
+
+    kind = Attribute('"policy", "router", "transport" or "store".')
+    name = Attribute("The unique name that a config file uses.")
+    description = Attribute("One line for the user.")
+    schema = Attribute(
+        "A mapping of setting name to (type, default, description); keys that"
+        " it does not list are refused when a config file is checked."
+    )
+
+    def build(settings: Any, context: Any) -> Any:
+        """
+        Build the component.
+
+        :param settings: the component's checked settings.
+        :param context: a :class:`mailframe.config.ComponentContext` with the
+            reactor, a random source, the resolver, the queue store, the TLS
+            settings and a logger.
+        """
