@@ -74,6 +74,9 @@ class Envelope:
     :ivar smtputf8: ``True`` if MAIL carried SMTPUTF8 (RFC 6531).
     :ivar client: who sent it.
     :ivar received_at: POSIX time of the end of data.
+    :ivar added_headers: header fields that policies asked to add, each a
+        complete ``Name: value`` line without its line end; transports put
+        them before the stored message.
     """
 
     sender: ReversePath
@@ -83,6 +86,7 @@ class Envelope:
     smtputf8: bool = False
     client: ClientInfo = ClientInfo()
     received_at: float = 0.0
+    added_headers: tuple[str, ...] = ()
 
 
 @attrs.frozen

@@ -1,0 +1,45 @@
+"""
+The ``mailframe`` command.
+
+``mailframe check-config FILE`` reads a config file the way ``twistd
+mailframe --config FILE`` does and reports the first problem, naming the
+key and the line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from mailframe.config import load_config
+from mailframe.errors import ConfigError
+
+__all__ = ["main"]
+
+
+def _check_config(arguments: argparse.Namespace) -> int:
+    try:
+        config = load_config(arguments.file)
+    except ConfigError as error:
+        print(f"{arguments.file}: {error}", file=sys.stderr)
+        return 1
+    print(f"{arguments.file}: ok ({len(config.listen)} listener(s),"
+          f" {len(config.local_domains)} local domain(s))")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; return its exit status."""
+    parser = argparse.ArgumentParser(prog="mailframe", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    check = commands.add_parser("check-config", help="check a config file")
+    check.add_argument("file")
+    check.set_defaults(run=_check_config)
+    arguments = parser.parse_args(argv)
+    status: int = arguments.run(arguments)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

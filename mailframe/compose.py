@@ -1,0 +1,110 @@
+"""
+Composing a mail service from a :class:`~mailframe.config.Config`: the one
+place where the parts are chosen and wired together.
+
+Embed mailframe in a larger Twisted application with::
+
+    service = build_mail_service(Config(...), reactor)
+    service.setServiceParent(application)
+"""
+
+from __future__ import annotations
+
+import random as _random
+import resource
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+
+from mailframe.config import Config
+from mailframe.core import Limits
+from mailframe.interfaces import IPolicy
+from mailframe.policies import LocalRecipients, RelayControl
+from mailframe.protocols.server import ServerSettings, SMTPServerFactory
+from mailframe.routing import LocalRouter
+from mailframe.services import MailService, QueueRunner
+from mailframe.services.listener import ListeningService
+from mailframe.stores.spool import SpoolQueueStore
+from mailframe.transports import MaildirTransport
+
+__all__ = ["build_mail_service", "raise_open_file_limit", "connections_for"]
+
+log = Logger()
+
+#: File descriptors kept back from sessions: the spool, logs, the thread
+#: pool and the listeners.
+RESERVED_FDS = 64
+
+
+def raise_open_file_limit() -> int:
+    """
+    Raise the soft open-file limit to the hard limit, log it, and return the
+    new soft limit.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    log.info("Open-file limit is {limit}", limit=soft)
+    return soft
+
+
+def connections_for(open_files: int) -> int:
+    """
+    How many sessions fit in *open_files* descriptors: each session holds its
+    socket and, while receiving a message, one spool file.
+    """
+    return max(16, (open_files - RESERVED_FDS) // 2)
+
+
+def build_mail_service(
+    config: Config,
+    reactor: Any,
+    max_connections: int | None = None,
+    policies: Sequence[IPolicy] = (),
+) -> MailService:
+    """
+    The whole mail service that *config* describes, on *reactor*.
+
+    :param max_connections: sessions at once when the config leaves it open;
+        by default as many as the open-file limit allows.
+    :param policies: policies of your own, asked after relay control and the
+        local-recipient check.
+    """
+    rng = _random.SystemRandom()
+    store = SpoolQueueStore(config.queue_dir, reactor, random=rng)
+    domains = dict(config.local_domains)
+    chain: list[IPolicy] = [
+        RelayControl(domains, config.relay_networks),
+        LocalRecipients(domains, config.local_users),
+        *policies,
+    ]
+    if config.max_connections is not None:
+        max_connections = config.max_connections
+    if max_connections is None:
+        max_connections = connections_for(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    limits = Limits(max_message_size=config.max_message_size,
+                    max_recipients=config.max_recipients)
+    router = LocalRouter(domains)
+    transports = {"maildir": MaildirTransport(store, reactor, reactor.getThreadPool())}
+    runner = QueueRunner(store, router, transports, reactor, random=rng)
+    listeners = []
+    for index, description in enumerate(config.listen):
+        settings = ServerSettings(
+            hostname=config.hostname,
+            limits=limits,
+            idle_timeout=config.idle_timeout,
+            max_connections=max_connections,
+            max_per_client=config.max_connections_per_client,
+            limit_exemptions=config.connection_limit_exemptions,
+            name=f"smtp{index}" if index else "smtp",
+        )
+        factory = SMTPServerFactory(settings, store, chain, reactor, on_queued=lambda _: runner.wake())
+        endpoint = serverFromString(reactor, description)
+        listeners.append(ListeningService(endpoint, factory, description))
+    return MailService(store, listeners, runner, grace=config.shutdown_grace)

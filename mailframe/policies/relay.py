@@ -1,0 +1,88 @@
+"""
+Relay control: who may send mail to domains that are not ours.
+
+The rule is Postfix's ``smtpd_relay_restrictions`` default
+(``permit_mynetworks, permit_sasl_authenticated, defer_unauth_destination``)
+made a policy: mail for a local domain is accepted from anyone; mail for any
+other domain only from the relay networks or from an authenticated client.
+
+Addresses are never rewritten: ``user%elsewhere@local`` and
+``"user@elsewhere"@local`` stay local addresses (and fail as unknown users),
+and a source route such as ``<@local:user@elsewhere>`` has already been
+dropped by the parser, so the relay decision is made on ``user@elsewhere``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from typing import Any
+
+from mailframe.address import Mailbox
+from mailframe.envelope import ClientInfo
+from mailframe.policies._base import CONTINUE, PolicyBase
+from mailframe.reply import Reply
+from mailframe.verdict import Action, Verdict
+
+__all__ = ["RelayControl", "parse_networks"]
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: The default relay networks: loopback only.
+LOOPBACK: tuple[Network, ...] = (
+    ipaddress.ip_network("127.0.0.0/8"),
+    ipaddress.ip_network("::1/128"),
+)
+
+
+def parse_networks(values: Iterable[str]) -> tuple[Network, ...]:
+    """
+    Parse CIDR strings; ``"none"`` alone means no network at all.
+
+    :raises ValueError: naming the value that is not a network.
+    """
+    values = list(values)
+    if [v.strip().lower() for v in values] == ["none"]:
+        return ()
+    networks = []
+    for value in values:
+        try:
+            networks.append(ipaddress.ip_network(value.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"{value!r} is not a network in CIDR notation") from None
+    return tuple(networks)
+
+
+class RelayControl(PolicyBase):
+    """
+    :param local_domains: the domains whose mail is delivered here, in any
+        case.
+    :param relay_networks: the client networks that may relay.
+    """
+
+    def __init__(self, local_domains: Iterable[str], relay_networks: Iterable[Network]) -> None:
+        self.local_domains = frozenset(d.lower() for d in local_domains)
+        self.relay_networks = tuple(relay_networks)
+
+    def is_local(self, recipient: Mailbox) -> bool:
+        """``True`` for a local domain, or ``<postmaster>`` without one."""
+        return recipient.domain.lower() in self.local_domains or recipient.domain == ""
+
+    def may_relay(self, client: ClientInfo) -> bool:
+        """``True`` for an authenticated client or one in the relay networks."""
+        if client.authenticated_as:
+            return True
+        try:
+            address = ipaddress.ip_address(client.address)
+        except ValueError:
+            return False
+        return any(address in network for network in self.relay_networks)
+
+    def rcpt(self, client: Any, sender: Any, recipient: Any, parameters: Any) -> Verdict:
+        if self.is_local(recipient) or self.may_relay(client):
+            return CONTINUE
+        return Verdict(
+            Action.REJECT,
+            Reply(554, "5.7.1", f"<{recipient}>: Relay access denied"),
+            reason="relay denied",
+        )

@@ -1,0 +1,613 @@
+"""
+The SMTP server: a thin Twisted protocol around
+:class:`mailframe.core.ServerConnection`.
+
+The protocol moves bytes between the transport and the core, asks the
+listener's policies, streams message data into a queue writer and answers
+the final dot only once the queue store says the message is durable.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from email.utils import formatdate
+from typing import Any
+
+import attrs
+from twisted.internet import interfaces
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from mailframe import core
+from mailframe.envelope import ClientInfo, Envelope
+from mailframe.interfaces import IQueueStore, IQueueWriter
+from mailframe.protocols._chain import ask_policies
+from mailframe.reply import Reply
+from mailframe.verdict import Action, Verdict
+
+__all__ = ["ServerSettings", "SMTPServerFactory", "SMTPServerProtocol"]
+
+#: RFC 5321 §4.5.3.2.7: the server waits at least 5 minutes for a command.
+MIN_IDLE_TIMEOUT = 300.0
+#: While a reply is being decided, pipelined input beyond this many octets
+#: pauses reading (RFC 2920 §3.1 lets a server stop reading; the client
+#: then waits for replies).
+MAX_PIPELINED_OCTETS = 64 * 1024
+
+_PLUGIN_FAILURE = Reply(451, "4.3.0", "Error: internal error in processing")
+_NO_ROOM = Reply(452, "4.3.1", "Error: insufficient system storage")
+_COMMIT_FAILED = Reply(451, "4.3.0", "Error: queue file write error")
+_TIMEOUT = Reply(421, "4.4.2", "Error: timeout exceeded")
+
+
+@attrs.frozen
+class ServerSettings:
+    """
+    The settings of one listener.
+
+    :ivar hostname: the server's name, in the greeting and ``Received:``.
+    :ivar limits: the session limits of the core.
+    :ivar idle_timeout: seconds to wait for the next command; at least
+        :data:`MIN_IDLE_TIMEOUT`.
+    :ivar max_connections: connections served at once; more get 421.
+    :ivar max_per_client: connections from one address; more get 421.
+    :ivar limit_exemptions: addresses (``ipaddress`` networks) exempt from
+        the per-client limit (Postfix's
+        ``smtpd_client_event_limit_exceptions``).
+    :ivar name: the listener's name, in ``ClientInfo.listener`` and the logs.
+    """
+
+    hostname: str
+    limits: core.Limits = core.Limits()
+    idle_timeout: float = attrs.field(default=MIN_IDLE_TIMEOUT,
+                                      validator=attrs.validators.ge(MIN_IDLE_TIMEOUT))
+    max_connections: int = 1000
+    max_per_client: int = 100
+    limit_exemptions: tuple[Any, ...] = ()
+    name: str = "smtp"
+    extensions: tuple[str, ...] = ()
+
+
+class _Throttle:
+    """
+    Pauses the transport while any reason to pause holds: a queue writer
+    whose buffers are full, or a backlog of pipelined commands.
+    """
+
+    def __init__(self, transport: interfaces.IPushProducer) -> None:
+        self._transport = transport
+        self._reasons: set[str] = set()
+
+    def hold(self, reason: str) -> None:
+        if not self._reasons:
+            self._transport.pauseProducing()
+        self._reasons.add(reason)
+
+    def let_go(self, reason: str) -> None:
+        if reason in self._reasons:
+            self._reasons.discard(reason)
+            if not self._reasons:
+                self._transport.resumeProducing()
+
+
+@implementer(interfaces.IPushProducer)
+class _WriterProducer:
+    """What a queue writer sees as its producer: one reason of the throttle."""
+
+    def __init__(self, throttle: _Throttle) -> None:
+        self._throttle = throttle
+
+    def pauseProducing(self) -> None:
+        self._throttle.hold("writer")
+
+    def resumeProducing(self) -> None:
+        self._throttle.let_go("writer")
+
+    def stopProducing(self) -> None:
+        self._throttle.let_go("writer")
+
+
+def _client_info(peer: object, listener: str) -> ClientInfo:
+    if isinstance(peer, IPv4Address | IPv6Address):
+        host = peer.host
+        if host.startswith("::ffff:") and "." in host:
+            host = host[7:]
+        return ClientInfo(address=host, port=peer.port, listener=listener)
+    return ClientInfo(listener=listener)
+
+
+class SMTPServerProtocol(Protocol):
+    """
+    One SMTP server session.
+
+    Commands are handled one at a time, in order: the next is taken from the
+    core only when the last one has its reply. A policy that answers late
+    therefore never reorders replies, whatever order Deferreds fire in.
+    """
+
+    log = Logger()
+
+    def __init__(self, factory: SMTPServerFactory) -> None:
+        self.factory = factory
+        self.client = ClientInfo()
+        self.conn = core.ServerConnection(
+            factory.settings.hostname, factory.settings.limits, factory.settings.extensions
+        )
+        self._writer: IQueueWriter | None = None
+        self._waiting = False
+        self._running = False
+        self._throttle: _Throttle | None = None
+        self._timer: interfaces.IDelayedCall | None = None
+        self._gone = False
+        self._committing = False
+        self._close_after_reply = False
+
+    # -- Twisted protocol -------------------------------------------------
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.client = _client_info(self.transport.getPeer(), self.factory.settings.name)
+        self._throttle = _Throttle(self.transport)  # type: ignore[arg-type]
+        self._arm_timer()
+        refusal = self.factory.admit(self)
+        if refusal is not None:
+            self._send(Reply(421, "4.7.0", f"{self.conn.hostname} {refusal}"))
+            return
+        self._decide(self._greet_hook, self._greeted, greeting=True)
+
+    def dataReceived(self, data: bytes) -> None:
+        self._arm_timer()
+        self.conn.receive_data(data)
+        self._process()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._gone = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if not self._committing:
+            self._abort_writer()
+        self.factory.forget(self)
+
+    # -- the command loop ---------------------------------------------------
+
+    def _process(self) -> None:
+        if self._running:
+            return
+        self._running = True
+        try:
+            while not self._waiting and not self._gone and not self.conn.closed:
+                event = self.conn.next_event()
+                if isinstance(event, core.MessageData):
+                    if self._writer is not None:
+                        self._writer.write(event.data)
+                elif isinstance(event, core.ConnectionClosed):
+                    self._abort_writer()
+                    self._lose()
+                elif isinstance(event, core.Command):
+                    self._decide(lambda event=event: self._handle(event), self._send)
+                else:
+                    break
+        finally:
+            self._running = False
+        if self._throttle is not None:
+            if self._waiting and self.conn.buffered > MAX_PIPELINED_OCTETS:
+                self._throttle.hold("pipeline")
+            else:
+                self._throttle.let_go("pipeline")
+
+    def _decide(
+        self,
+        decide: Callable[[], Reply | Deferred[Reply]],
+        then: Callable[[Reply], None],
+        greeting: bool = False,
+    ) -> None:
+        """
+        Run *decide*; pass its reply to *then*, at once if it is ready, else
+        when its Deferred fires. An exception becomes one logged 451.
+        """
+        try:
+            result = decide()
+        except Exception:
+            self.log.failure("Error in a policy or store; answering 451", client=self.client)
+            result = _PLUGIN_FAILURE
+        if not isinstance(result, Deferred):
+            then(result)
+            return
+        self._waiting = True
+
+        def failed(failure: Failure) -> Reply:
+            self.log.failure("Error in a policy or store; answering 451", failure,
+                             client=self.client)
+            return _PLUGIN_FAILURE
+
+        def done(reply: Reply) -> None:
+            self._waiting = False
+            if self._gone:
+                return
+            then(reply)
+            self._process()
+
+        result.addErrback(failed).addCallback(done)
+
+    def _send(self, reply: Reply) -> None:
+        if self._gone:
+            return
+        assert self.transport is not None
+        self.transport.write(self.conn.send(reply))
+        if self.conn.closed or self._close_after_reply:
+            if self._close_after_reply and not self.conn.closed:
+                self.transport.write(self.conn.send(self.conn.shutdown_reply()))
+            self._abort_writer()
+            self._lose()
+
+    def _lose(self) -> None:
+        if self.transport is not None and not self._gone:
+            self.transport.loseConnection()
+
+    # -- the greeting ---------------------------------------------------------
+
+    def _greet_hook(self) -> Reply | Deferred[Reply]:
+        return _verdict_reply(
+            ask_policies(self.factory.policies, "connect", self.client),
+            Reply(220, None, f"{self.conn.hostname} ESMTP mailframe"),
+        )
+
+    def _greeted(self, reply: Reply) -> None:
+        if not reply.is_positive:
+            # A refused connection is told why, then closed.
+            reply = Reply(421 if reply.is_transient else 554, None, reply.text)
+        self._send(reply)
+        if reply.code == 554:
+            self._lose()
+        self._process()
+
+    # -- commands ---------------------------------------------------------------
+
+    def _handle(self, event: core.Command) -> Reply | Deferred[Reply]:
+        if self.factory.shutting_down and not isinstance(event, core.EndOfMessage):
+            return self.conn.shutdown_reply()
+        if isinstance(event, core.BadCommand):
+            return event.reply
+        if isinstance(event, core.Ehlo | core.Helo):
+            return self._helo(event)
+        if isinstance(event, core.Mail):
+            return self._mail(event)
+        if isinstance(event, core.Rcpt):
+            return self._rcpt(event)
+        if isinstance(event, core.Data):
+            return self._data()
+        if isinstance(event, core.EndOfMessage):
+            return self._end_of_message(event)
+        return self.conn.default_reply(event)
+
+    def _helo(self, event: core.Ehlo | core.Helo) -> Reply | Deferred[Reply]:
+        ok = self.conn.helo_reply(event)
+        esmtp = isinstance(event, core.Ehlo)
+
+        def remember(reply: Reply) -> Reply:
+            if reply.is_positive:
+                self.client = attrs.evolve(self.client, helo=event.name, esmtp=esmtp)
+            return reply
+
+        result = _verdict_reply(ask_policies(self.factory.policies, "helo", self.client,
+                                             event.name), ok)
+        if isinstance(result, Deferred):
+            return result.addCallback(remember)
+        return remember(result)
+
+    def _mail(self, event: core.Mail) -> Reply | Deferred[Reply]:
+        if not self.factory.store.has_room(event.size or 0):
+            return _NO_ROOM
+        return _verdict_reply(
+            ask_policies(self.factory.policies, "mail", self.client, event.sender,
+                         dict(event.parameters)),
+            self.conn.default_reply(event),
+        )
+
+    def _rcpt(self, event: core.Rcpt) -> Reply | Deferred[Reply]:
+        sender = self.conn.transaction.sender
+
+        def outcome(reply: Reply) -> Reply:
+            if not reply.is_positive:
+                self.log.info(
+                    "Recipient {recipient} refused from {client.address}: {reply}",
+                    sender=str(sender), recipient=str(event.recipient), client=self.client,
+                    status="rejected", reply=str(reply),
+                )
+            return reply
+
+        result = _verdict_reply(
+            ask_policies(self.factory.policies, "rcpt", self.client, sender,
+                         event.recipient, dict(event.parameters)),
+            self.conn.default_reply(event),
+        )
+        if isinstance(result, Deferred):
+            return result.addCallback(outcome)
+        return outcome(result)
+
+    def _data(self) -> Reply:
+        writer = self.factory.store.open_writer()
+        self._writer = writer
+        writer.write(self._received_header(writer.queue_id))
+        assert self._throttle is not None
+        writer.registerProducer(_WriterProducer(self._throttle), True)
+        return self.conn.default_reply(core.Data())
+
+    def _received_header(self, queue_id: str) -> bytes:
+        """The trace field of RFC 5321 §4.4, with RFC 3848 protocol names."""
+        client = self.client
+        protocol = "ESMTP" if client.esmtp else "SMTP"
+        if client.esmtp and client.tls:
+            protocol += "S"
+        if client.esmtp and client.authenticated_as:
+            protocol += "A"
+        host = client.hostname or "unknown"
+        literal = f"[{client.address}]" if client.address else "[local]"
+        if ":" in client.address:
+            literal = f"[IPv6:{client.address}]"
+        lines = [f"Received: from {client.helo or 'unknown'} ({host} {literal})"]
+        if client.tls:
+            lines.append(f"\t(using {client.tls})")
+        if client.authenticated_as:
+            lines.append(f"\t(Authenticated sender: {client.authenticated_as})")
+        lines.append(f"\tby {self.conn.hostname} (mailframe) with {protocol} id {queue_id}")
+        recipients = self.conn.transaction.recipients
+        stamp = formatdate(self.factory.clock.seconds(), localtime=False)
+        if len(recipients) == 1:
+            lines.append(f"\tfor <{recipients[0]}>; {stamp}")
+        else:
+            lines[-1] += ";"
+            lines.append(f"\t{stamp}")
+        return ("\r\n".join(lines) + "\r\n").encode("utf-8")
+
+    def _end_of_message(self, event: core.EndOfMessage) -> Reply | Deferred[Reply]:
+        writer = self._writer
+        if writer is None:
+            return _PLUGIN_FAILURE
+        writer.unregisterProducer()
+        assert self._throttle is not None
+        self._throttle.let_go("writer")
+        transaction = self.conn.transaction
+        assert transaction.mail is not None and transaction.sender is not None
+        mail = transaction.mail
+        envelope = Envelope(
+            sender=transaction.sender,
+            recipients=tuple(transaction.recipients),
+            body=mail.body,
+            size=mail.size,
+            smtputf8=mail.smtputf8,
+            client=self.client,
+            received_at=self.factory.clock.seconds(),
+        )
+        if event.problem is not None:
+            self._abort_writer()
+            self._log_message(envelope, writer.queue_id, event.size, "rejected", event.problem)
+            return event.problem
+        opener = getattr(writer, "open_message", None)
+        verdict = ask_policies(self.factory.policies, "end_of_data", envelope, event.headers,
+                               opener)
+        if isinstance(verdict, Deferred):
+            return verdict.addCallback(self._finish, writer, envelope, event)
+        return self._finish(verdict, writer, envelope, event)
+
+    def _finish(
+        self, verdict: Verdict, writer: IQueueWriter, envelope: Envelope,
+        event: core.EndOfMessage,
+    ) -> Reply | Deferred[Reply]:
+        queue_id = writer.queue_id
+        refusal = verdict.effective_reply
+        if refusal is not None:
+            self._abort_writer()
+            self._log_message(envelope, queue_id, event.size, "rejected", refusal)
+            return refusal
+        if verdict.action is Action.DISCARD:
+            self._abort_writer()
+            reply = Reply(250, "2.0.0", f"Ok: discarded as {queue_id}")
+            self._log_message(envelope, queue_id, event.size, "discarded", reply)
+            return reply
+        if verdict.headers:
+            envelope = attrs.evolve(envelope, added_headers=verdict.headers)
+        self._committing = True
+        committed: Deferred[Any] = writer.commit(envelope)
+        if verdict.action is Action.HOLD:
+            store = self.factory.store
+            committed.addCallback(
+                lambda qid: store.hold(qid, verdict.reason or "held by policy")
+                .addCallback(lambda _: qid)
+            )
+
+        def queued(qid: str) -> Reply:
+            reply = Reply(250, "2.0.0", f"Ok: queued as {qid}")
+            self._log_message(envelope, qid, event.size,
+                              "held" if verdict.action is Action.HOLD else "queued", reply)
+            self.factory.queued(qid)
+            return reply
+
+        def failed(failure: Failure) -> Reply:
+            self.log.failure("Could not commit {queue_id}", failure, queue_id=queue_id)
+            return _COMMIT_FAILED
+
+        def settled(reply: Reply) -> Reply:
+            self._committing = False
+            self._writer = None
+            return reply
+
+        return committed.addCallbacks(queued, failed).addCallback(settled)
+
+    def _log_message(
+        self, envelope: Envelope, queue_id: str, size: int, status: str, reply: Reply
+    ) -> None:
+        self.log.info(
+            "{queue_id}: {status} from=<{sender}> size={size} nrcpt={nrcpt}"
+            " client={client.address}: {reply}",
+            queue_id=queue_id, status=status, sender=str(envelope.sender),
+            recipients=[str(r) for r in envelope.recipients],
+            nrcpt=len(envelope.recipients), client=envelope.client, size=size,
+            reply=str(reply),
+        )
+
+    def _abort_writer(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.unregisterProducer()
+            writer.abort()
+
+    # -- timeouts and shutdown -----------------------------------------------------
+
+    def _arm_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(self.factory.settings.idle_timeout)
+        else:
+            self._timer = self.factory.clock.callLater(
+                self.factory.settings.idle_timeout, self._timed_out
+            )
+
+    def _timed_out(self) -> None:
+        if self._committing or self._waiting:
+            self._arm_timer()
+            return
+        self.log.info("Idle timeout for {client.address}", client=self.client)
+        self._unsolicited(_TIMEOUT)
+
+    def _unsolicited(self, reply: Reply) -> None:
+        """Send a 421 outside the command sequence and close (RFC 5321 §3.8)."""
+        if self._gone:
+            return
+        assert self.transport is not None
+        self.transport.write(reply.render(enhanced=self.conn.esmtp))
+        self._abort_writer()
+        self._lose()
+
+    def shut_down(self) -> None:
+        """
+        Close the session now: at once if it is between commands, or right
+        after the reply to a final dot that is being committed.
+        """
+        if self._committing or self._waiting:
+            self._close_after_reply = True
+        else:
+            self._unsolicited(self.conn.shutdown_reply())
+
+
+def _verdict_reply(
+    verdict: Verdict | Deferred[Verdict], ok: Reply
+) -> Reply | Deferred[Reply]:
+    def pick(verdict: Verdict) -> Reply:
+        refusal = verdict.effective_reply
+        return refusal if refusal is not None else ok
+
+    if isinstance(verdict, Deferred):
+        return verdict.addCallback(pick)
+    return pick(verdict)
+
+
+class SMTPServerFactory(Factory):
+    """
+    Builds :class:`SMTPServerProtocol` sessions for one listener, and keeps
+    the listener's connection limits.
+
+    :param settings: the listener's settings.
+    :param store: the queue store that messages are written to.
+    :param policies: the policies asked at each step, in order.
+    :param clock: the clock for timeouts and ``Received:`` dates.
+    :param on_queued: called with each new queue id once it is committed.
+    """
+
+    protocol = SMTPServerProtocol  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        settings: ServerSettings,
+        store: IQueueStore,
+        policies: Sequence[Any],
+        clock: interfaces.IReactorTime,
+        on_queued: Callable[[str], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.policies = list(policies)
+        self.clock = clock
+        self.shutting_down = False
+        self._on_queued = on_queued
+        self._sessions: set[SMTPServerProtocol] = set()
+        self._per_client: Counter[str] = Counter()
+        self._drained: list[Deferred[None]] = []
+
+    def buildProtocol(self, addr: object) -> SMTPServerProtocol:
+        protocol = SMTPServerProtocol(self)
+        return protocol
+
+    @property
+    def sessions(self) -> frozenset[SMTPServerProtocol]:
+        """The sessions that are connected now."""
+        return frozenset(self._sessions)
+
+    def admit(self, session: SMTPServerProtocol) -> str | None:
+        """Count a new session; the reason to refuse it, or ``None``."""
+        address = session.client.address
+        if len(self._sessions) >= self.settings.max_connections:
+            return "Error: too many connections"
+        if (address and self._per_client[address] >= self.settings.max_per_client
+                and not _exempt(address, self.settings.limit_exemptions)):
+            return f"Error: too many connections from {address}"
+        self._sessions.add(session)
+        self._per_client[address] += 1
+        return None
+
+    def forget(self, session: SMTPServerProtocol) -> None:
+        """A session ended."""
+        if session in self._sessions:
+            self._sessions.discard(session)
+            address = session.client.address
+            self._per_client[address] -= 1
+            if self._per_client[address] <= 0:
+                del self._per_client[address]
+        if not self._sessions:
+            drained, self._drained = self._drained, []
+            for d in drained:
+                d.callback(None)
+
+    def queued(self, queue_id: str) -> None:
+        if self._on_queued is not None:
+            self._on_queued(queue_id)
+
+    def shut_down(self, grace: float) -> Deferred[None]:
+        """
+        Stop serving: every later command gets ``421 4.3.2``; after *grace*
+        seconds, sessions still open get an unsolicited 421 and are closed,
+        each right after its pending commit if it has one.
+
+        :return: a Deferred that fires when every session has ended.
+        """
+        self.shutting_down = True
+        if not self._sessions:
+            return succeed(None)
+        drained: Deferred[None] = Deferred()
+        self._drained.append(drained)
+        timer = self.clock.callLater(grace, self._close_all)
+
+        def stop_timer(result: None) -> None:
+            if timer.active():
+                timer.cancel()
+
+        drained.addCallback(stop_timer)
+        return drained
+
+    def _close_all(self) -> None:
+        for session in list(self._sessions):
+            session.shut_down()
+
+
+def _exempt(address: str, networks: Iterable[Any]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)

@@ -1,0 +1,5 @@
+"""Built-in routers."""
+
+from mailframe.routing.local import LocalRouter
+
+__all__ = ["LocalRouter"]

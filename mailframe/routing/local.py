@@ -1,0 +1,48 @@
+"""
+The local router: recipients in local domains go to their Maildir, every
+other recipient to outbound SMTP.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from zope.interface import implementer
+
+from mailframe.address import Mailbox
+from mailframe.envelope import Route
+from mailframe.interfaces import IRouter
+from mailframe.policies.users import local_mailbox_name
+from mailframe.reply import Reply
+
+__all__ = ["LocalRouter"]
+
+#: The transport that outbound mail is routed to.
+OUTBOUND = "smtp"
+
+
+@implementer(IRouter)
+class LocalRouter:
+    """
+    :param local_domains: a mapping of local domain to the directory holding
+        its Maildirs; ``<local-part>/`` under it is one recipient's Maildir.
+        The first domain also receives ``<postmaster>`` written without one.
+    """
+
+    def __init__(self, local_domains: Mapping[str, str]) -> None:
+        self.local_domains = {d.lower(): path for d, path in local_domains.items()}
+        self._primary = next(iter(self.local_domains), None)
+
+    def route(self, envelope: Any, recipient: Mailbox) -> Deferred[list[tuple[Mailbox, Mailbox, Route]]]:
+        domain = recipient.domain.lower() or self._primary
+        if domain is None or domain not in self.local_domains:
+            return succeed([(recipient, recipient, Route(OUTBOUND))])
+        name = local_mailbox_name(recipient.local_part)
+        if name is None:
+            reject = Reply(550, "5.1.1", f"<{recipient}>: bad mailbox name")
+            return succeed([(recipient, recipient, Route("maildir", reject=reject))])
+        directory = os.path.join(self.local_domains[domain], name)
+        return succeed([(recipient, recipient, Route("maildir", {"directory": directory}))])

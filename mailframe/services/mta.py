@@ -1,0 +1,101 @@
+"""
+:class:`MailService`: the parts of a mail transfer agent, composed into one
+Twisted service that starts and stops them in the right order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from twisted.application.service import MultiService
+from twisted.internet.interfaces import IAddress
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mailframe.interfaces import IQueueStore
+from mailframe.protocols.server import SMTPServerFactory
+from mailframe.services.listener import ListeningService
+from mailframe.services.queuerunner import QueueRunner
+
+__all__ = ["MailService"]
+
+#: Default seconds that connected clients get to finish on shutdown.
+DEFAULT_GRACE = 30.0
+
+
+class MailService(MultiService):
+    """
+    Runs the queue store's recovery, then the listeners and the queue
+    runner.
+
+    On stop it stops listening, lets connected sessions finish for the grace
+    period (every new command gets ``421 4.3.2``; a message whose final dot
+    has arrived is committed and acknowledged), closes the rest with an
+    unsolicited 421, and then stops the queue runner.
+
+    :param store: the queue store.
+    :param listeners: the listening services, each with its
+        :class:`~mailframe.protocols.server.SMTPServerFactory`.
+    :param runner: the queue runner.
+    :param grace: seconds given to connected sessions on shutdown.
+
+    :ivar ready: fires once the queue is recovered and the listeners have
+        been started; fails if recovery failed.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        store: IQueueStore,
+        listeners: Sequence[ListeningService],
+        runner: QueueRunner,
+        grace: float = DEFAULT_GRACE,
+    ) -> None:
+        super().__init__()
+        self.store = store
+        self.listeners = list(listeners)
+        self.runner = runner
+        self.grace = grace
+        self.ready: Deferred[None] = Deferred()
+        for service in self.listeners:
+            service.setServiceParent(self)
+        runner.setServiceParent(self)
+
+    def startService(self) -> None:
+        # Children start only after recovery: it clears partial writes, and
+        # must not race new sessions writing.
+        self.running = True  # type: ignore[assignment]
+        d: Deferred[int] = self.store.recover()
+
+        def recovered(count: int) -> Deferred[object]:
+            self.log.info("Queue recovered with {count} entries", count=count)
+            if self.running:
+                MultiService.startService(self)
+            return gatherResults([s.listening for s in self.listeners])
+
+        def failed(failure: Failure) -> None:
+            self.log.failure("Could not start; not serving", failure)
+            self.ready.errback(failure)
+
+        d.addCallback(recovered).addCallbacks(lambda _: self.ready.callback(None), failed)
+
+    def addresses(self) -> list[IAddress]:
+        """The addresses the listeners listen on (once :attr:`ready`)."""
+        return [s.port.getHost() for s in self.listeners if s.port is not None]
+
+    def stopService(self) -> Deferred[None]:  # type: ignore[override]
+        self.running = False  # type: ignore[assignment]
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        stops = [service.stopService() for service in self.listeners if service.running]
+        await gatherResults(stops, consumeErrors=True)
+        await gatherResults(
+            [service.factory.shut_down(self.grace) for service in self.listeners
+             if isinstance(service.factory, SMTPServerFactory)],
+            consumeErrors=True,
+        )
+        if self.runner.running:
+            await self.runner.stopService()

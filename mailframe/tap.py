@@ -1,0 +1,92 @@
+"""
+``twistd mailframe``: the command-line options and the service they make.
+
+With no options it runs the defaults: listen on 127.0.0.1:2525, queue in
+``./mailframe-queue``, deliver mail for ``localhost`` into
+``./Maildir/<local-part>/``, and relay for loopback clients only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from mailframe.config import Config, load_config, settings_from
+from mailframe.errors import ConfigError
+
+__all__ = ["Options", "makeService"]
+
+
+#: Config keys whose command-line option is named otherwise.
+_OPTION_NAMES = {"local_domains": "--local-domain", "relay_networks": "--relay-network"}
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Run the mailframe mail transfer agent. Options given here override"
+        " the same settings of the --config file."
+    )
+
+    optParameters = [
+        ["config", "c", None, "A TOML config file."],
+        ["hostname", None, None, "The server's name (default: this host's name)."],
+        ["queue-dir", None, None, "Where the queue lives (default: ./mailframe-queue)."],
+        ["local-users", None, None, "A file of known local users, one local part per line."],
+        ["max-message-size", None, None, "The message size limit in octets."],
+        ["max-recipients", None, None, "Recipients per message (at least 100)."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+        self["local-domain"] = []
+        self["relay-network"] = []
+
+    def opt_listen(self, endpoint: str) -> None:
+        """A server endpoint string to listen on; repeatable (default:
+        tcp:2525:interface=127.0.0.1)."""
+        self["listen"].append(endpoint)
+
+    def opt_local_domain(self, value: str) -> None:
+        """DOMAIN=DIR: deliver DOMAIN's mail into the Maildirs DIR/<local-part>/;
+        repeatable (default: localhost=Maildir)."""
+        self["local-domain"].append(value)
+
+    def opt_relay_network(self, value: str) -> None:
+        """A client network (CIDR) that may relay, or "none"; repeatable
+        (default: loopback)."""
+        self["relay-network"].append(value)
+
+    def postOptions(self) -> None:
+        values: dict[str, Any] = {}
+        for key, option in (("listen", "listen"), ("local_domains", "local-domain"),
+                            ("relay_networks", "relay-network")):
+            if self[option]:
+                values[key] = self[option]
+        for option in ("hostname", "queue-dir", "local-users", "max-message-size",
+                       "max-recipients"):
+            if self[option] is not None:
+                values[option.replace("-", "_")] = self[option]
+        try:
+            base = load_config(self["config"]) if self["config"] else Config()
+            self.config = settings_from(values, base)
+        except ConfigError as error:
+            name = error.key if error.line else _OPTION_NAMES.get(
+                error.key, "--" + error.key.replace("_", "-"))
+            where = f" in {self['config']}, line {error.line}" if error.line else ""
+            raise usage.UsageError(f"{name}{where}: {error.message}") from None
+
+
+def makeService(options: Options) -> IService:
+    """The mail service that *options* describe, on the global reactor."""
+    from twisted.internet import reactor
+
+    from mailframe.compose import build_mail_service, connections_for, raise_open_file_limit
+
+    limit = raise_open_file_limit()
+    service = build_mail_service(options.config, reactor, connections_for(limit))
+    service.ready.addErrback(lambda _: reactor.stop())  # type: ignore[attr-defined]
+    return service

@@ -1,0 +1,141 @@
+"""
+Delivery into Maildir: a file is written and fsynced in ``tmp/``, then
+renamed into ``new/``, whose directory is fsynced before the delivery counts.
+
+Delivered messages get ``Return-Path:`` and ``Delivered-To:`` fields on top
+(RFC 5321 §4.4), and their line ends become LF, as Maildir readers expect.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+from collections.abc import Sequence
+from typing import IO, Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from mailframe.address import Mailbox
+from mailframe.envelope import DeliveryStatus, QueueEntry, RecipientResult, Route
+from mailframe.interfaces import IDeliveryTransport, IQueueStore
+from mailframe.policies.users import local_mailbox_name
+from mailframe.reply import Reply
+
+__all__ = ["MaildirTransport", "deliver_to_maildir"]
+
+_CHUNK = 256 * 1024
+_counter = itertools.count()
+
+
+def _fsync_directory(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _ensure_maildir(directory: str) -> None:
+    for sub in ("tmp", "new", "cur"):
+        os.makedirs(os.path.join(directory, sub), mode=0o700, exist_ok=True)
+
+
+def deliver_to_maildir(directory: str, prefix: bytes, message: IO[bytes], now: float) -> str:
+    """
+    Write *prefix* and *message* (CRLF turned into LF) into the Maildir at
+    *directory*, durably. Blocking: call it from a thread.
+
+    :return: the path of the delivered file in ``new/``.
+    """
+    _ensure_maildir(directory)
+    seconds = int(now)
+    unique = (f"{seconds}.M{int((now - seconds) * 1e6)}P{os.getpid()}"
+              f"Q{next(_counter)}.{socket.gethostname().replace('/', '_')}")
+    tmp_path = os.path.join(directory, "tmp", unique)
+    new_path = os.path.join(directory, "new", unique)
+    fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, prefix)
+        carry = b""
+        while True:
+            chunk = message.read(_CHUNK)
+            if not chunk:
+                break
+            chunk = carry + chunk
+            carry = b"\r" if chunk.endswith(b"\r") else b""
+            if carry:
+                chunk = chunk[:-1]
+            os.write(fd, chunk.replace(b"\r\n", b"\n"))
+        if carry:
+            os.write(fd, carry)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp_path)
+        raise
+    os.close(fd)
+    os.rename(tmp_path, new_path)
+    _fsync_directory(os.path.join(directory, "new"))
+    return new_path
+
+
+@implementer(IDeliveryTransport)
+class MaildirTransport:
+    """
+    Delivers to the Maildir named by the route's ``directory`` argument.
+
+    :param store: where messages are read from.
+    :param reactor: the reactor, for the thread pool and the time.
+    :param threadpool: where blocking file work runs.
+    """
+
+    def __init__(self, store: IQueueStore, reactor: Any, threadpool: ThreadPool) -> None:
+        self.store = store
+        self.reactor = reactor
+        self.threadpool = threadpool
+
+    def deliver(
+        self, entry: QueueEntry, recipients: Sequence[tuple[Mailbox, Mailbox]], route: Route
+    ) -> Deferred[list[RecipientResult]]:
+        directory = route.arguments.get("directory", "")
+        if route.reject is not None or local_mailbox_name(os.path.basename(directory)) is None:
+            reply = route.reject or Reply(550, "5.1.1", "Bad mailbox name")
+            return Deferred.fromCoroutine(self._fail(recipients, reply, DeliveryStatus.PERMANENT))
+        return Deferred.fromCoroutine(self._deliver(entry, recipients, directory))
+
+    async def _fail(
+        self, recipients: Sequence[tuple[Mailbox, Mailbox]], reply: Reply, status: DeliveryStatus
+    ) -> list[RecipientResult]:
+        return [RecipientResult(r, status, reply, original=o) for r, o in recipients]
+
+    async def _deliver(
+        self, entry: QueueEntry, recipients: Sequence[tuple[Mailbox, Mailbox]], directory: str
+    ) -> list[RecipientResult]:
+        envelope = entry.envelope
+        first = recipients[0][0]
+        lines = [f"Return-Path: <{envelope.sender}>", f"Delivered-To: {first}",
+                 *envelope.added_headers]
+        prefix = ("\n".join(lines) + "\n").encode("utf-8")
+        clock: IReactorTime = self.reactor
+        try:
+            message = await self.store.open_message(entry.queue_id)
+            try:
+                path = await deferToThreadPool(
+                    self.reactor, self.threadpool, deliver_to_maildir,
+                    directory, prefix, message, clock.seconds(),
+                )
+            finally:
+                message.close()
+        except OSError as error:
+            reply = Reply(451, "4.3.0", f"Maildir delivery failed: {error.strerror}")
+            return await self._fail(recipients, reply, DeliveryStatus.TRANSIENT)
+        reply = Reply(250, "2.0.0", f"Delivered to maildir {os.path.basename(path)}")
+        return [RecipientResult(r, DeliveryStatus.DELIVERED, reply, original=o)
+                for r, o in recipients]
+
+

@@ -1,0 +1,118 @@
+"""Tests for the config file, the twistd options and their errors."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+from twisted.python import usage
+
+from mailframe.config import DEFAULT_LISTEN, Config, parse_config
+from mailframe.errors import ConfigError
+from mailframe.tap import Options
+
+
+def test_defaults_are_safe() -> None:
+    config = Options()
+    config.parseOptions([])
+    assert config.config.listen == (DEFAULT_LISTEN,)
+    assert config.config.local_domains == (("localhost", "Maildir"),)
+    networks = config.config.relay_networks
+    assert all(n.is_loopback for n in networks) and networks
+
+
+def test_file_values() -> None:
+    config = parse_config(
+        'hostname = "mx.example.com"\n'
+        'listen = ["tcp:2526:interface=127.0.0.1", "unix:/tmp/x.sock"]\n'
+        'relay_networks = ["10.0.0.0/8"]\n'
+        "max_recipients = 200\n"
+        'local_users = ["alice", "Bob"]\n'
+        "[local_domains]\n"
+        '"example.com" = "/srv/mail/example.com"\n'
+    )
+    assert config.hostname == "mx.example.com"
+    assert config.listen == ("tcp:2526:interface=127.0.0.1", "unix:/tmp/x.sock")
+    assert config.relay_networks == (ipaddress.ip_network("10.0.0.0/8"),)
+    assert config.max_recipients == 200
+    assert config.local_users == frozenset({"alice", "bob"})
+    assert config.local_domains == (("example.com", "/srv/mail/example.com"),)
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "line"),
+    [
+        ('hostname = "a"\nmax_recipients = 5\n', "max_recipients", 2),
+        ('\n\nbogus_key = 1\n', "bogus_key", 3),
+        ('relay_networks = ["10.0.0.300/8"]\n', "relay_networks", 1),
+        ('listen = ["haproxy:tcp:25"]\n', "listen", 1),
+        ('idle_timeout = "1m"\n', "idle_timeout", 1),
+        ('x = [\n', "(syntax)", 2),
+        ('[local_domains]\n"bad domain" = "/tmp"\n', "local_domains", 1),
+    ],
+)
+def test_errors_name_key_and_line(text: str, key: str, line: int) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text)
+    assert caught.value.key == key
+    assert caught.value.line == line
+    assert key in str(caught.value) and f"line {line}" in str(caught.value)
+
+
+def test_command_line_overrides_file(tmp_path: object) -> None:
+    import pathlib
+
+    path = pathlib.Path(str(tmp_path)) / "mailframe.toml"
+    path.write_text('hostname = "file.example"\nmax_recipients = 300\n')
+    options = Options()
+    options.parseOptions(["--config", str(path), "--hostname", "cli.example",
+                          "--relay-network", "none", "--listen", "tcp:0",
+                          "--listen", "tcp:1:interface=127.0.0.1"])
+    config: Config = options.config
+    assert config.hostname == "cli.example"
+    assert config.max_recipients == 300
+    assert config.relay_networks == ()
+    assert config.listen == ("tcp:0", "tcp:1:interface=127.0.0.1")
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["--max-recipients", "10"], "--max-recipients"),
+        (["--max-message-size", "big"], "--max-message-size"),
+        (["--relay-network", "nonsense"], "--relay-network"),
+        (["--local-domain", "example.com"], "--local-domain"),
+        (["--listen", "haproxy:tcp:25"], "--listen"),
+        (["--local-users", "/nonexistent/users"], "--local-users"),
+    ],
+)
+def test_bad_options_are_named(argv: list[str], named: str) -> None:
+    options = Options()
+    with pytest.raises(usage.UsageError) as caught:
+        options.parseOptions(argv)
+    assert str(caught.value).startswith(named + ": "), str(caught.value)
+
+
+def test_bad_config_file_named_with_line(tmp_path: object) -> None:
+    import pathlib
+
+    path = pathlib.Path(str(tmp_path)) / "bad.toml"
+    path.write_text('hostname = "ok.example"\nmax_message_size = -1\n')
+    options = Options()
+    with pytest.raises(usage.UsageError) as caught:
+        options.parseOptions(["--config", str(path)])
+    assert str(caught.value) == f"max_message_size in {path}, line 2: must be at least 0"
+
+
+def test_users_file(tmp_path: object) -> None:
+    import pathlib
+
+    path = pathlib.Path(str(tmp_path)) / "users"
+    path.write_text("# staff\nalice\n\nBOB\n")
+    options = Options()
+    options.parseOptions(["--local-users", str(path)])
+    assert options.config.local_users == frozenset({"alice", "bob"})
+    path.write_text("alice\n../etc\n")
+    with pytest.raises(usage.UsageError) as caught:
+        Options().parseOptions(["--local-users", str(path)])
+    assert "line 2" in str(caught.value)

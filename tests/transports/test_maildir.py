@@ -1,0 +1,92 @@
+"""Tests for Maildir delivery, on a real temporary directory."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet import reactor
+from twisted.internet.task import Clock
+from twisted.trial.unittest import TestCase
+
+from mailframe.address import AddressError, Mailbox
+from mailframe.envelope import DeliveryStatus, Route
+from mailframe.routing import LocalRouter
+from mailframe.testing import MemoryQueueStore, RouterContract, TransportContract, envelope
+from mailframe.transports.maildir import MaildirTransport
+
+
+class MaildirTests(TransportContract, TestCase):
+    def setUp(self) -> None:
+        self.root = self.mktemp()
+        self.store = MemoryQueueStore(Clock())
+        writer = self.store.open_writer()
+        writer.write(b"Subject: hi\r\n\r\nline one\r\n.line two\r\n")
+        self.queue_id = writer.commit(envelope("s@example.org", "alice@example.com")).result
+        self.entry = self.successResultOf(self.store.get(self.queue_id))
+
+    def make_transport(self) -> MaildirTransport:
+        return MaildirTransport(self.store, reactor, reactor.getThreadPool())
+
+    def sample_delivery(self) -> tuple[object, list[object], Route]:
+        recipient = self.entry.envelope.recipients[0]
+        route = Route("maildir", {"directory": os.path.join(self.root, "alice")})
+        return self.entry, [(recipient, recipient)], route
+
+    def wait(self, d: object) -> object:
+        return d
+
+    async def test_one_result_per_recipient(self) -> None:  # type: ignore[override]
+        entry, recipients, route = self.sample_delivery()
+        results = await self.make_transport().deliver(entry, recipients, route)
+        self.assertEqual([r.recipient for r in results], [r for r, _ in recipients])
+
+    async def test_delivers_into_new_with_trace_fields(self) -> None:
+        entry, recipients, route = self.sample_delivery()
+        results = await self.make_transport().deliver(entry, recipients, route)
+        self.assertEqual(results[0].status, DeliveryStatus.DELIVERED)
+        new = os.path.join(self.root, "alice", "new")
+        names = os.listdir(new)
+        self.assertEqual(len(names), 1)
+        self.assertEqual(os.listdir(os.path.join(self.root, "alice", "tmp")), [])
+        with open(os.path.join(new, names[0]), "rb") as handle:
+            content = handle.read()
+        self.assertEqual(
+            content,
+            b"Return-Path: <s@example.org>\nDelivered-To: alice@example.com\n"
+            b"Subject: hi\n\nline one\n.line two\n",
+        )
+
+    async def test_refuses_unsafe_directories(self) -> None:
+        entry, recipients, _ = self.sample_delivery()
+        for bad in ("..", ".hidden", "a/b/../.."):
+            route = Route("maildir", {"directory": os.path.join(self.root, bad)})
+            results = await self.make_transport().deliver(entry, recipients, route)
+            self.assertEqual(results[0].status, DeliveryStatus.PERMANENT)
+        self.assertFalse(os.path.exists(self.root))
+
+
+class LocalRouterTests(RouterContract, TestCase):
+    def make_router(self) -> LocalRouter:
+        return LocalRouter({"Example.com": "/srv/mail"})
+
+    def sample_recipient(self) -> object:
+        return envelope("a@b.example", "Alice@EXAMPLE.com").recipients[0]
+
+    def test_local_and_remote(self) -> None:
+        router = self.make_router()
+        env = envelope("a@b.example", "Alice@EXAMPLE.com", "bob@remote.example")
+        [(_, _, local)] = self.successResultOf(router.route(env, env.recipients[0]))
+        self.assertEqual(local, Route("maildir", {"directory": "/srv/mail/alice"}))
+        [(_, _, remote)] = self.successResultOf(router.route(env, env.recipients[1]))
+        self.assertEqual(remote.transport, "smtp")
+
+    def test_bad_local_parts_never_become_paths(self) -> None:
+        router = self.make_router()
+        env = envelope("a@b.example")
+        for local in ("../etc", ".profile", "a/b", "x\x00y", "tab\there", "a..b", "a%b"):
+            try:
+                rcpt = Mailbox(local, "example.com")
+            except AddressError:
+                continue  # refused even earlier
+            [(_, _, route)] = self.successResultOf(router.route(env, rcpt))
+            self.assertIsNotNone(route.reject, local)
