@@ -46,7 +46,8 @@ def send(port: int) -> list[str]:
                 client.sendmail(sender, ["alice@example.com"], b"Subject: hello\r\n\r\nHi!\r\n")
                 outcomes.append(f"{sender}: accepted")
             except smtplib.SMTPSenderRefused as refusal:
-                outcomes.append(f"{sender}: refused, {refusal.smtp_code} {refusal.smtp_error.decode()}")
+                text = refusal.smtp_error.decode()
+                outcomes.append(f"{sender}: refused, {refusal.smtp_code} {text}")
     return outcomes
 
 

@@ -104,7 +104,9 @@ def build_mail_service(
             limit_exemptions=config.connection_limit_exemptions,
             name=f"smtp{index}" if index else "smtp",
         )
-        factory = SMTPServerFactory(settings, store, chain, reactor, on_queued=lambda _: runner.wake())
+        factory = SMTPServerFactory(
+            settings, store, chain, reactor, on_queued=lambda _: runner.wake()
+        )
         endpoint = serverFromString(reactor, description)
         listeners.append(ListeningService(endpoint, factory, description))
     return MailService(store, listeners, runner, grace=config.shutdown_grace)

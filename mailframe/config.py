@@ -24,7 +24,14 @@ from mailframe.policies.relay import LOOPBACK, parse_networks
 from mailframe.policies.users import load_users
 from mailframe.services.schedule import parse_duration
 
-__all__ = ["ComponentContext", "Config", "DEFAULT_LISTEN", "load_config", "parse_config", "settings_from"]
+__all__ = [
+    "ComponentContext",
+    "Config",
+    "DEFAULT_LISTEN",
+    "load_config",
+    "parse_config",
+    "settings_from",
+]
 
 #: The default listener: loopback only, on an unprivileged port.
 DEFAULT_LISTEN = "tcp:2525:interface=127.0.0.1"
@@ -99,10 +106,10 @@ def _string(value: Any) -> str:
 
 
 def _hostname(value: Any) -> str:
-    value = _string(value)
-    if not is_domain(value):
-        raise ValueError(f"{value!r} is not a host name")
-    return value
+    name = _string(value)
+    if not is_domain(name):
+        raise ValueError(f"{name!r} is not a host name")
+    return name
 
 
 def _domains(value: Any) -> tuple[tuple[str, str], ...]:

@@ -6,7 +6,7 @@ queue: client identity, recipients, routes and delivery results.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import attrs
 
@@ -89,6 +89,13 @@ class Envelope:
     added_headers: tuple[str, ...] = ()
 
 
+RouteArgs = tuple[tuple[str, str], ...]
+
+
+def _route_args(value: Mapping[str, str] | Iterable[tuple[str, str]]) -> RouteArgs:
+    return tuple(sorted(dict(value).items()))
+
+
 @attrs.frozen
 class Route:
     """
@@ -104,9 +111,7 @@ class Route:
     """
 
     transport: str
-    args: tuple[tuple[str, str], ...] = attrs.field(
-        default=(), converter=lambda value: tuple(sorted(dict(value).items()))
-    )
+    args: RouteArgs = attrs.field(default=(), converter=_route_args)
     reject: Reply | None = None
 
     @property

@@ -8,7 +8,7 @@ With no options it runs the defaults: listen on 127.0.0.1:2525, queue in
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from twisted.application.service import IService
 from twisted.python import usage
@@ -30,7 +30,7 @@ class Options(usage.Options):
         " the same settings of the --config file."
     )
 
-    optParameters = [
+    optParameters: ClassVar[list[list[str | None]]] = [
         ["config", "c", None, "A TOML config file."],
         ["hostname", None, None, "The server's name (default: this host's name)."],
         ["queue-dir", None, None, "Where the queue lives (default: ./mailframe-queue)."],
@@ -88,5 +88,5 @@ def makeService(options: Options) -> IService:
 
     limit = raise_open_file_limit()
     service = build_mail_service(options.config, reactor, connections_for(limit))
-    service.ready.addErrback(lambda _: reactor.stop())  # type: ignore[attr-defined]
+    service.ready.addErrback(lambda _: reactor.stop())
     return service

@@ -13,6 +13,7 @@ import ipaddress
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from email.utils import formatdate
+from functools import partial
 from typing import Any
 
 import attrs
@@ -64,7 +65,7 @@ class ServerSettings:
     """
 
     hostname: str
-    limits: core.Limits = core.Limits()
+    limits: core.Limits = attrs.Factory(core.Limits)
     idle_timeout: float = attrs.field(default=MIN_IDLE_TIMEOUT,
                                       validator=attrs.validators.ge(MIN_IDLE_TIMEOUT))
     max_connections: int = 1000
@@ -191,7 +192,7 @@ class SMTPServerProtocol(Protocol):
                     self._abort_writer()
                     self._lose()
                 elif isinstance(event, core.Command):
-                    self._decide(lambda event=event: self._handle(event), self._send)
+                    self._decide(partial(self._handle, event), self._send)
                 else:
                     break
         finally:
@@ -520,7 +521,7 @@ class SMTPServerFactory(Factory):
     :param on_queued: called with each new queue id once it is committed.
     """
 
-    protocol = SMTPServerProtocol  # type: ignore[assignment]
+    protocol = SMTPServerProtocol
 
     def __init__(
         self,

@@ -20,6 +20,8 @@ from mailframe.reply import Reply
 
 __all__ = ["LocalRouter"]
 
+RouteTriple = tuple[Mailbox, Mailbox, Route]
+
 #: The transport that outbound mail is routed to.
 OUTBOUND = "smtp"
 
@@ -36,7 +38,7 @@ class LocalRouter:
         self.local_domains = {d.lower(): path for d, path in local_domains.items()}
         self._primary = next(iter(self.local_domains), None)
 
-    def route(self, envelope: Any, recipient: Mailbox) -> Deferred[list[tuple[Mailbox, Mailbox, Route]]]:
+    def route(self, envelope: Any, recipient: Mailbox) -> Deferred[list[RouteTriple]]:
         domain = recipient.domain.lower() or self._primary
         if domain is None or domain not in self.local_domains:
             return succeed([(recipient, recipient, Route(OUTBOUND))])

@@ -21,7 +21,9 @@ class ListeningService(Service):
         or fails if the endpoint could not listen.
     """
 
-    def __init__(self, endpoint: IStreamServerEndpoint, factory: Factory, description: str = "") -> None:
+    def __init__(
+        self, endpoint: IStreamServerEndpoint, factory: Factory, description: str = ""
+    ) -> None:
         self.endpoint = endpoint
         self.factory = factory
         self.description = description
@@ -37,7 +39,7 @@ class ListeningService(Service):
 
         self.endpoint.listen(self.factory).addCallback(listened).chainDeferred(self.listening)
 
-    def stopService(self) -> Deferred[Any]:  # type: ignore[override]
+    def stopService(self) -> Deferred[Any]:
         super().stopService()
         port, self.port = self.port, None
         if port is None:

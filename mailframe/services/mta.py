@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from twisted.application.service import MultiService
-from twisted.internet.interfaces import IAddress
 from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.interfaces import IAddress, IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -66,10 +66,10 @@ class MailService(MultiService):
     def startService(self) -> None:
         # Children start only after recovery: it clears partial writes, and
         # must not race new sessions writing.
-        self.running = True  # type: ignore[assignment]
+        self.running = True
         d: Deferred[int] = self.store.recover()
 
-        def recovered(count: int) -> Deferred[object]:
+        def recovered(count: int) -> Deferred[list[IListeningPort]]:
             self.log.info("Queue recovered with {count} entries", count=count)
             if self.running:
                 MultiService.startService(self)
@@ -85,8 +85,8 @@ class MailService(MultiService):
         """The addresses the listeners listen on (once :attr:`ready`)."""
         return [s.port.getHost() for s in self.listeners if s.port is not None]
 
-    def stopService(self) -> Deferred[None]:  # type: ignore[override]
-        self.running = False  # type: ignore[assignment]
+    def stopService(self) -> Deferred[None]:
+        self.running = False
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:

@@ -14,6 +14,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from mailframe.address import Mailbox
 from mailframe.envelope import DeliveryStatus, QueueEntry, RecipientResult, Route
@@ -65,7 +66,7 @@ class QueueRunner(Service):
         self.lease = lease
         self._concurrency = concurrency
         self._timer: IDelayedCall | None = None
-        self._pass: Deferred[None] | None = None
+        self._pass: Deferred[bool] | None = None
         self._again = False
         self._in_flight: set[Deferred[None]] = set()
 
@@ -73,12 +74,12 @@ class QueueRunner(Service):
         super().startService()
         self.wake()
 
-    def stopService(self) -> Deferred[None]:  # type: ignore[override]
+    def stopService(self) -> Deferred[None]:
         super().stopService()
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-        waiting = list(self._in_flight)
+        waiting: list[Deferred[Any]] = list(self._in_flight)
         if self._pass is not None:
             waiting.append(self._pass)
         return gatherResults(waiting, consumeErrors=True).addCallback(lambda _: None)
@@ -99,14 +100,17 @@ class QueueRunner(Service):
         self._timer = None
         self._again = False
         self._pass = Deferred.fromCoroutine(self._one_pass())
-        self._pass.addErrback(lambda f: self.log.failure("Queue pass failed", f))
-        self._pass.addBoth(self._after_pass)
+        self._pass.addErrback(self._pass_failed).addCallback(self._after_pass)
 
-    def _after_pass(self, full: object) -> None:
+    def _pass_failed(self, failure: Failure) -> bool:
+        self.log.failure("Queue pass failed", failure)
+        return False
+
+    def _after_pass(self, full: bool) -> None:
         self._pass = None
         if not self.running:
             return
-        delay = 0 if (full is True or self._again) else self.poll_interval
+        delay = 0 if (full or self._again) else self.poll_interval
         self._timer = self.clock.callLater(delay, self._run)
 
     async def _one_pass(self) -> bool:
@@ -117,13 +121,15 @@ class QueueRunner(Service):
         entries = await self.store.claim(self.clock.seconds(), free, self.lease)
         for entry in entries:
             d = Deferred.fromCoroutine(self._attempt(entry))
-            d.addErrback(lambda f, qid=entry.queue_id: self.log.failure(
-                "Delivery attempt for {queue_id} failed", f, queue_id=qid))
+            d.addErrback(self._attempt_failed, entry.queue_id)
             self._in_flight.add(d)
-            d.addBoth(lambda _, d=d: self._done(d))
+            d.addCallback(self._done, d)
         return len(entries) >= free
 
-    def _done(self, d: Deferred[None]) -> None:
+    def _attempt_failed(self, failure: Failure, queue_id: str) -> None:
+        self.log.failure("Delivery attempt for {queue_id} failed", failure, queue_id=queue_id)
+
+    def _done(self, result: None, d: Deferred[None]) -> None:
         self._in_flight.discard(d)
         self.wake()
 

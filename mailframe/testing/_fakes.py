@@ -85,11 +85,13 @@ class StaticRouter:
     *default*.
     """
 
-    def __init__(self, routes: Mapping[str, Route], default: Route = Route("smtp")) -> None:
+    def __init__(self, routes: Mapping[str, Route], default: Route | None = None) -> None:
         self.routes = {d.lower(): r for d, r in routes.items()}
-        self.default = default
+        self.default = default if default is not None else Route("smtp")
 
-    def route(self, envelope: Any, recipient: Mailbox) -> Deferred[list[tuple[Mailbox, Mailbox, Route]]]:
+    def route(
+        self, envelope: Any, recipient: Mailbox
+    ) -> Deferred[list[tuple[Mailbox, Mailbox, Route]]]:
         route = self.routes.get(recipient.domain.lower(), self.default)
         return succeed([(recipient, recipient, route)])
 

@@ -124,7 +124,7 @@ class SessionTests(SynchronousTestCase):
         self.assertTrue(transport.disconnecting)
 
     def test_same_result_fed_one_byte_at_a_time(self) -> None:
-        factory, store, _ = make_factory()
+        factory, _store, _ = make_factory()
         protocol, transport = connect(factory)
         take(transport)
         for index in range(len(SESSION)):
@@ -135,7 +135,7 @@ class SessionTests(SynchronousTestCase):
 
     def test_nothing_delivered_when_client_disconnects_mid_data(self) -> None:
         factory, store, _ = make_factory()
-        protocol, transport = connect(factory)
+        protocol, _transport = connect(factory)
         protocol.dataReceived(SESSION.split(b"..dot")[0])
         protocol.connectionLost()
         stats = self.successResultOf(store.stats())
@@ -289,7 +289,7 @@ class PipeliningTests(SynchronousTestCase):
             factory, store, _ = make_factory([RecordingPolicy({"end_of_data": verdict})])
             protocol, transport = connect(factory)
             protocol.dataReceived(SESSION)
-            line = [x for x in take(transport) if x.startswith("250 2.0.0 Ok")][0]
+            line = next(x for x in take(transport) if x.startswith("250 2.0.0 Ok"))
             self.assertRegex(line, expected)
             entries = self.successResultOf(store.list())
             if action is Action.DISCARD:
@@ -391,7 +391,7 @@ class ReceivedHeaderTests(SynchronousTestCase):
         protocol.client = attrs.evolve(protocol.client, tls="TLSv1.3",
                                        authenticated_as="alice")
         protocol.dataReceived(SESSION)
-        queue_id = [x for x in take(transport) if "queued" in x][0].rsplit(" ", 1)[1]
+        queue_id = next(x for x in take(transport) if "queued" in x).rsplit(" ", 1)[1]
         message = self.successResultOf(store.open_message(queue_id)).read()
         header = message.split(b"Subject:")[0].decode()
         self.assertIn("(using TLSv1.3)", header)
