@@ -2,8 +2,11 @@
 Mailboxes, paths and domains, checked against the grammar of RFC 5321 §4.1.2
 (with the UTF-8 extensions of RFC 6531 §3.3 when asked for).
 
-A :class:`Mailbox` that exists is valid. Its local part is kept unquoted;
-:meth:`Mailbox.render` quotes it again where the grammar requires.
+A :class:`Mailbox` that exists is valid: building one checks it against the
+grammar (with the UTF-8 extensions, since a mailbox does not know whether
+SMTPUTF8 was used; :attr:`Mailbox.is_ascii` tells). Its local part is kept
+unquoted; :meth:`Mailbox.render` quotes it again where the grammar requires,
+so that ``Mailbox.parse(m.render(), utf8=not m.is_ascii) == m``.
 
 The lengths of RFC 5321 §4.5.3.1 (local part 64, domain 255, path 256) are
 sizes that a server must *accept*, not limits to enforce, so none is enforced
@@ -33,22 +36,30 @@ class AddressError(ValueError):
     """A path, mailbox or domain does not match the RFC 5321 grammar."""
 
 
+# RFC 6531 §3.3 UTF8-non-ascii: every code point above ASCII except the
+# surrogates, which UTF-8 cannot encode.
+_NON_ASCII = r"\u0080-\ud7ff\ue000-\U0010ffff"
 # RFC 5322 atext as RFC 5321 §4.1.2 uses it, and RFC 6531 §3.3 UTF8-non-ascii.
-_ATEXT_ASCII = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~-"
-_ATEXT_UTF8 = _ATEXT_ASCII + r"\u0080-\U0010ffff"
+# The hyphen is escaped: it must stay a literal when more is appended.
+_ATEXT_ASCII = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~\-"
+_ATEXT_UTF8 = _ATEXT_ASCII + _NON_ASCII
 _DOT_STRING = {
     False: re.compile(rf"[{_ATEXT_ASCII}]+(?:\.[{_ATEXT_ASCII}]+)*\Z"),
     True: re.compile(rf"[{_ATEXT_UTF8}]+(?:\.[{_ATEXT_UTF8}]+)*\Z"),
 }
 # qtextSMTP / quoted-pairSMTP (RFC 5321 §4.1.2).
 _QUOTED_CHAR = {
-    False: re.compile(r'[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e]'),
-    True: re.compile(r'[\x20\x21\x23-\x5b\x5d-\x7e\u0080-\U0010ffff]|\\[\x20-\x7e]'),
+    False: re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e]"),
+    True: re.compile(rf"[\x20\x21\x23-\x5b\x5d-\x7e{_NON_ASCII}]|\\[\x20-\x7e]"),
 }
+# What a Quoted-string can carry at all, as qtextSMTP or quoted-pairSMTP.
+_QUOTABLE = re.compile(rf"[\x20-\x7e{_NON_ASCII}]*\Z")
 _SUB_DOMAIN = {
     False: re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\Z"),
-    True: re.compile(r"[A-Za-z0-9\u0080-\U0010ffff](?:[A-Za-z0-9\u0080-\U0010ffff-]*"
-                     r"[A-Za-z0-9\u0080-\U0010ffff])?\Z"),
+    True: re.compile(
+        rf"[A-Za-z0-9{_NON_ASCII}](?:[A-Za-z0-9{_NON_ASCII}-]*"
+        rf"[A-Za-z0-9{_NON_ASCII}])?\Z"
+    ),
 }
 _GENERAL_LITERAL = re.compile(r"[A-Za-z0-9-]*[A-Za-z0-9]:[\x21-\x5a\x5e-\x7e]+\Z")
 
@@ -66,6 +77,9 @@ def _is_address_literal(text: str) -> bool:
         return False
     inner = text[1:-1]
     if inner[:5].lower() == "ipv6:":
+        if "%" in inner:
+            # ipaddress takes a zone id (RFC 4007); IPv6-addr has none.
+            return False
         try:
             ipaddress.IPv6Address(inner[5:])
         except ValueError:
@@ -93,6 +107,21 @@ def _unquote(text: str, utf8: bool) -> str:
     return "".join(out)
 
 
+def _check_local_part(instance: Mailbox, attribute: attrs.Attribute[str], value: str) -> None:
+    # Anything a Quoted-string can carry (RFC 5321 §4.1.2); render() quotes
+    # what is not a Dot-string.
+    if not _QUOTABLE.match(value):
+        raise AddressError(f"local part {value!r} cannot be written in a path")
+
+
+def _check_domain(instance: Mailbox, attribute: attrs.Attribute[str], value: str) -> None:
+    if value == "":
+        if instance.local_part.lower() != "postmaster":
+            raise AddressError(f"mailbox {instance.local_part!r} has no domain")
+    elif not (is_domain(value, utf8=True) or _is_address_literal(value)):
+        raise AddressError(f"bad domain {value!r}")
+
+
 @attrs.frozen
 class Mailbox:
     """
@@ -101,15 +130,18 @@ class Mailbox:
     :ivar local_part: the local part, unquoted.
     :ivar domain: the domain or address literal as written, or ``""`` only for
         the special ``<postmaster>`` recipient of RFC 5321 §4.1.1.3.
+    :raises AddressError: when built from parts that no path can carry.
     """
 
-    local_part: str
-    domain: str
+    local_part: str = attrs.field(validator=_check_local_part)
+    domain: str = attrs.field(validator=_check_domain)
 
     @classmethod
     def parse(cls, text: str, utf8: bool = False) -> Mailbox:
         """Parse ``local@domain``; raise :class:`AddressError` if invalid."""
-        at = text.rfind("@")
+        # A general address literal may hold "@" but never "[" (RFC 5321
+        # §4.1.3 dcontent), so "@[" is where an address literal starts.
+        at = text.rfind("@[") if text.endswith("]") else text.rfind("@")
         if at < 0:
             if text.lower() == "postmaster":
                 return cls(text, "")
@@ -168,8 +200,9 @@ def _strip_path(text: str, utf8: bool) -> str:
     if inner.startswith("@"):
         # A-d-l: accepted and ignored (RFC 5321 §4.1.2, §C).
         route, colon, rest = inner.partition(":")
-        if not colon:
-            raise AddressError(f"source route in {text!r} has no colon")
+        if not colon or not rest:
+            # A-d-l ":" Mailbox: a route is never followed by nothing.
+            raise AddressError(f"source route in {text!r} has no mailbox")
         for hop in route.split(","):
             if not (hop.startswith("@") and is_domain(hop[1:], utf8)):
                 raise AddressError(f"bad source route in {text!r}")

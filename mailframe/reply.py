@@ -4,6 +4,10 @@ SMTP replies: a code, an enhanced status code and text.
 A :class:`Reply` is valid once built: the code is a three-digit SMTP reply
 code (RFC 5321 §4.2), and the enhanced status code, when present, has the
 class digit that matches the code (RFC 3463 §2).
+
+:meth:`Reply.render` writes a reply as it goes on the wire and
+:meth:`Reply.parse` reads one back, so that
+``Reply.parse(reply.render()) == reply``.
 """
 
 from __future__ import annotations
@@ -12,9 +16,18 @@ import re
 
 import attrs
 
-__all__ = ["Reply"]
+__all__ = ["Reply", "ReplyError"]
 
-_STATUS = re.compile(r"\A([245])\.(\d{1,3})\.(\d{1,3})\Z")
+# RFC 3463 §2: class "." subject "." detail, each of 1 to 3 ASCII digits.
+_NUMBER = r"[0-9]{1,3}"
+_STATUS = re.compile(rf"\A([245])\.{_NUMBER}\.{_NUMBER}\Z")
+# RFC 5321 §4.2: Reply-code [ ("-" / SP) textstring ].
+_LINE = re.compile(r"\A([2-5][0-9][0-9])(?:([ -])(.*))?\Z")
+_STATUS_PREFIX = re.compile(rf"([245]\.{_NUMBER}\.{_NUMBER})(?: |\Z)")
+
+
+class ReplyError(ValueError):
+    """Bytes that :meth:`Reply.parse` was given are not one SMTP reply."""
 
 
 def _check_code(instance: Reply, attribute: attrs.Attribute[int], value: int) -> None:
@@ -31,9 +44,7 @@ def _check_status(
     if match is None:
         raise ValueError(f"enhanced status code {value!r} is malformed")
     if match.group(1) != str(instance.code)[0]:
-        raise ValueError(
-            f"enhanced status {value} does not match the class of {instance.code}"
-        )
+        raise ValueError(f"enhanced status {value} does not match the class of {instance.code}")
 
 
 def _check_text(
@@ -46,7 +57,7 @@ def _check_text(
 
 def _text_lines(value: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
     if isinstance(value, str):
-        return tuple(value.split("\n")) if value else ("",)
+        return tuple(value.replace("\r\n", "\n").split("\n"))
     return tuple(value) or ("",)
 
 
@@ -59,14 +70,12 @@ class Reply:
     :ivar status: the RFC 3463 enhanced status code, such as ``"2.1.0"``, or
         ``None`` for replies that carry none (the greeting, HELO, EHLO).
     :ivar text: the lines of human-readable text; a ``str`` given here is
-        split at newlines.
+        split at newlines (LF or CRLF).
     """
 
     code: int = attrs.field(validator=_check_code)
     status: str | None = attrs.field(default=None, validator=_check_status)
-    text: tuple[str, ...] = attrs.field(
-        default=("",), converter=_text_lines, validator=_check_text
-    )
+    text: tuple[str, ...] = attrs.field(default=("",), converter=_text_lines, validator=_check_text)
 
     @property
     def is_positive(self) -> bool:
@@ -88,15 +97,77 @@ class Reply:
         The reply as it goes on the wire, CRLF-terminated, with continuation
         lines (RFC 5321 §4.2.1). The enhanced status code is put before the
         text of every line when *enhanced* is true (RFC 2034 §4).
+
+        A line whose text is empty is written as the bare code (or code and
+        status), since RFC 5321 §4.2 allows no space without text after it;
+        any other text is written exactly, trailing spaces included.
         """
-        prefix = f"{self.status} " if enhanced and self.status else ""
+        status = self.status if enhanced else None
         last = len(self.text) - 1
         out = []
         for index, line in enumerate(self.text):
             sep = " " if index == last else "-"
-            out.append(f"{self.code}{sep}{prefix}{line}".rstrip(" ") + "\r\n")
+            if status is not None:
+                body = f"{status} {line}" if line else status
+            else:
+                body = line
+            if body or sep == "-":
+                out.append(f"{self.code}{sep}{body}\r\n")
+            else:
+                out.append(f"{self.code}\r\n")
         return "".join(out).encode("utf-8")
+
+    @classmethod
+    def parse(cls, data: bytes, enhanced: bool = True) -> Reply:
+        """
+        Read one complete reply, as :meth:`render` writes it (RFC 5321 §4.2.1).
+
+        Every line must carry the same code; all but the last have ``-``
+        after it. Text that is not UTF-8 is kept with replacement
+        characters.
+
+        :param enhanced: look for an RFC 3463 status code at the start of the
+            first line's text (RFC 2034 §4). When one is there and matches the
+            class of the code, it becomes :attr:`status` and is taken off
+            every line that starts with it.
+        :raises ReplyError: if *data* is not one reply.
+        """
+        if not data.endswith(b"\r\n"):
+            raise ReplyError(f"a reply ends with CRLF: {data!r}")
+        lines = data[:-2].split(b"\r\n")
+        code: int | None = None
+        texts: list[str] = []
+        for index, raw in enumerate(lines):
+            if b"\r" in raw or b"\n" in raw:
+                raise ReplyError(f"bare CR or LF in reply: {data!r}")
+            match = _LINE.match(raw.decode("utf-8", errors="replace"))
+            if match is None:
+                raise ReplyError(f"malformed reply line: {raw!r}")
+            line_code = int(match.group(1))
+            if code is not None and line_code != code:
+                raise ReplyError(f"reply lines disagree on the code: {data!r}")
+            code = line_code
+            continued = match.group(2) == "-"
+            if continued == (index == len(lines) - 1):
+                raise ReplyError(f"continuation marks do not end the reply: {data!r}")
+            texts.append(match.group(3) or "")
+        assert code is not None
+        status: str | None = None
+        if enhanced:
+            found = _STATUS_PREFIX.match(texts[0])
+            if found is not None and found.group(1)[0] == str(code)[0]:
+                status = found.group(1)
+                texts = [_strip_status(text, status) for text in texts]
+        return cls(code, status, tuple(texts))
 
     def __str__(self) -> str:
         status = f" {self.status}" if self.status else ""
         return f"{self.code}{status} {' / '.join(self.text)}"
+
+
+def _strip_status(text: str, status: str) -> str:
+    if text == status:
+        return ""
+    if text.startswith(status + " "):
+        return text[len(status) + 1 :]
+    return text

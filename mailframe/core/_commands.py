@@ -22,8 +22,15 @@ _VALUE = re.compile(r"[\x21-\x3c\x3e-\x7e\u0080-\U0010ffff]+\Z")
 _DIGITS = re.compile(r"[0-9]{1,20}\Z")
 
 #: Commands of RFC 5321 and its predecessors that are known but not served.
-_NOT_IMPLEMENTED = frozenset({"SEND", "SOML", "SAML", "TURN", "ETRN", "ATRN", "BDAT",
-                              "STARTTLS", "AUTH"})
+_NOT_IMPLEMENTED = frozenset(
+    {"SEND", "SOML", "SAML", "TURN", "ETRN", "ATRN", "BDAT", "STARTTLS", "AUTH"}
+)
+
+#: Parameters that the core passes on, unchecked beyond their syntax, when
+#: the extension that defines them was advertised: AUTH= (RFC 4954 §5), and
+#: RET, ENVID, NOTIFY and ORCPT (RFC 3461 §4).
+_MAIL_EXTENSION_PARAMETERS = {"AUTH": "AUTH", "RET": "DSN", "ENVID": "DSN"}
+_RCPT_EXTENSION_PARAMETERS = {"NOTIFY": "DSN", "ORCPT": "DSN"}
 
 Parameters = tuple[tuple[str, str | None], ...]
 
@@ -42,9 +49,10 @@ def _split_path(argument: str, keyword: str) -> tuple[str, str]:
     """
     Split ``FROM:<path> params`` into the path and the parameter text.
 
-    The path may hold spaces and ``>`` inside a quoted local part. A path
-    without angle brackets is taken up to the first space, as Postfix does
-    with ``strict_rfc821_envelopes = no``.
+    The path may hold spaces and ``>`` inside a quoted local part, and ``>``
+    or ``"`` inside an address literal (RFC 5321 §4.1.3). A path without
+    angle brackets is taken up to the first space, as Postfix does with
+    ``strict_rfc821_envelopes = no``.
     """
     if argument[: len(keyword) + 1].upper() != keyword + ":":
         raise _error(501, "5.5.4", f"Syntax: {keyword}:<address>")
@@ -52,17 +60,22 @@ def _split_path(argument: str, keyword: str) -> tuple[str, str]:
     if not rest:
         raise _error(501, "5.5.4", f"Syntax: {keyword}:<address>")
     if not rest.startswith("<"):
-        path, _, params = rest.partition(" ")
-        return f"<{path}>", params
+        path, space, params = rest.partition(" ")
+        return f"<{path}>", space + params
     quoted = False
     escaped = False
+    literal = False
     for index, char in enumerate(rest):
         if escaped:
             escaped = False
+        elif literal:
+            literal = char != "]"
         elif char == "\\" and quoted:
             escaped = True
         elif char == '"':
             quoted = not quoted
+        elif char == "[" and not quoted:
+            literal = True
         elif char == ">" and not quoted:
             return rest[: index + 1], rest[index + 1 :]
     raise _error(501, "5.5.4", f"Syntax: {keyword}:<address>: missing '>'")
@@ -104,7 +117,7 @@ def _mail(argument: str, extensions: frozenset[str], max_size: int) -> ev.Mail:
                 raise _error(501, "5.5.4", f"Unsupported BODY type: {value}")
         elif key == "SMTPUTF8" and "SMTPUTF8" in extensions and value is None:
             smtputf8 = True
-        else:
+        elif _MAIL_EXTENSION_PARAMETERS.get(key) not in extensions:
             raise _error(555, "5.5.4", f"Unsupported MAIL parameter: {key}")
     try:
         sender = parse_reverse_path(path_text, utf8=smtputf8)
@@ -119,8 +132,9 @@ def _mail(argument: str, extensions: frozenset[str], max_size: int) -> ev.Mail:
 def _rcpt(argument: str, extensions: frozenset[str], smtputf8: bool) -> ev.Rcpt:
     path_text, params_text = _split_path(argument, "TO")
     parameters = _parameters(params_text)
-    if parameters:
-        raise _error(555, "5.5.4", f"Unsupported RCPT parameter: {parameters[0][0]}")
+    for key, _value in parameters:
+        if _RCPT_EXTENSION_PARAMETERS.get(key) not in extensions:
+            raise _error(555, "5.5.4", f"Unsupported RCPT parameter: {key}")
     try:
         recipient = parse_forward_path(path_text, utf8=smtputf8)
     except AddressError:

@@ -153,7 +153,8 @@ class EndOfMessage(Command):
     :ivar hops: the number of ``Received:`` fields in the header section.
     :ivar problem: when set, the core refuses the message with this reply
         (too big, bare CR or LF, too many hops); the data events that came
-        before must be discarded.
+        before must be discarded. For a message over the SIZE limit they
+        stopped at the limit.
     """
 
     size: int

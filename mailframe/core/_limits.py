@@ -46,7 +46,9 @@ class Limits:
     :ivar max_recipients: recipients per transaction; at least 100
         (RFC 5321 §4.5.3.1.8). One more gets ``452 4.5.3``.
     :ivar max_errors: error replies after which the session ends with 421
-        (Postfix's ``smtpd_hard_error_limit``).
+        (Postfix's ``smtpd_hard_error_limit``). Refusals of a message at its
+        end, and 452 to recipients beyond :attr:`max_recipients`, which the
+        client is to send again later (RFC 5321 §4.5.3.1.10), do not count.
     :ivar max_hops: ``Received:`` fields after which a message is refused
         with ``554 5.4.6`` (RFC 5321 §6.3; Postfix's ``hopcount_limit``).
     :ivar command_line: the base command line length, CRLF included
@@ -57,4 +59,6 @@ class Limits:
     max_recipients: int = attrs.field(default=1000, validator=attrs.validators.ge(MIN_RECIPIENTS))
     max_errors: int = attrs.field(default=20, validator=attrs.validators.ge(1))
     max_hops: int = attrs.field(default=50, validator=attrs.validators.ge(1))
-    command_line: int = attrs.field(default=COMMAND_LINE, validator=attrs.validators.ge(COMMAND_LINE))
+    command_line: int = attrs.field(
+        default=COMMAND_LINE, validator=attrs.validators.ge(COMMAND_LINE)
+    )

@@ -17,7 +17,10 @@ from mailframe.address import Mailbox, ReversePath
 from mailframe.core import _events as ev
 from mailframe.core._commands import CommandError, parse_command
 from mailframe.core._limits import (
+    AUTH_MAIL_EXTRA,
     DATA_CHUNK,
+    DSN_MAIL_EXTRA,
+    DSN_RCPT_EXTRA,
     HEADER_CAPTURE,
     SIZE_MAIL_EXTRA,
     Limits,
@@ -48,8 +51,7 @@ _DEFAULT_REPLIES: dict[type[ev.Command], Reply] = {
     ev.Help: Reply(
         214,
         "2.0.0",
-        ("Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP",
-         "See RFC 5321"),
+        ("Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP", "See RFC 5321"),
     ),
 }
 
@@ -69,8 +71,12 @@ class _DataReader:
     stuffing of §4.5.2 and nothing else.
 
     The end of data is only CRLF.CRLF: bare CR and bare LF are never line
-    ends, so no form of SMTP smuggling can end a message early. Their
-    presence is noted, and the message is refused at its end.
+    ends (§2.3.8), so no form of SMTP smuggling can end a message early.
+    Their presence is noted, and the message is refused at its end.
+
+    Data is taken in chunks that end at the last CRLF received, searched
+    with ``bytes.find`` and unstuffed with one ``replace``; a line with no
+    CRLF yet is held back until it ends or reaches :data:`DATA_CHUNK`.
     """
 
     def __init__(self, max_size: int, max_hops: int) -> None:
@@ -78,11 +84,15 @@ class _DataReader:
         self.max_hops = max_hops
         self.size = 0
         self.bare_line_end = False
+        #: The buffer starts a line whose first octet is still to be looked
+        #: at (a terminator, a stuffed dot, or data).
         self.line_start = True
         self.headers = bytearray()
         self.in_headers = True
         self.hops = 0
         self.finished = False
+        # Octets at the head of the buffer already searched in vain for CRLF.
+        self._searched = 0
 
     @property
     def too_big(self) -> bool:
@@ -97,23 +107,25 @@ class _DataReader:
             self._scan_headers(chunk)
 
     def _scan_headers(self, chunk: bytes) -> None:
-        start = len(self.headers)
-        room = HEADER_CAPTURE - start
-        self.headers += chunk[:room]
-        view = bytes(self.headers)
+        headers = self.headers
+        start = len(headers)
+        headers += chunk[: HEADER_CAPTURE - start]
         # The header section ends at the first empty line (RFC 5322 §2.1).
-        if view.startswith(b"\r\n"):
+        if headers.startswith(b"\r\n"):
             end = 2
         else:
-            found = view.find(b"\r\n\r\n", max(0, start - 3))
+            found = headers.find(b"\r\n\r\n", max(0, start - 3))
             end = found + 4 if found >= 0 else -1
         if end >= 0:
-            del self.headers[end:]
-            self.in_headers = False
-        elif len(self.headers) >= HEADER_CAPTURE:
-            self.in_headers = False
-        if not self.in_headers:
-            self.hops = (b"\r\n" + bytes(self.headers)).lower().count(b"\r\nreceived:")
+            del headers[end:]
+            self._end_headers()
+        elif len(headers) >= HEADER_CAPTURE:
+            self._end_headers()
+
+    def _end_headers(self) -> None:
+        self.in_headers = False
+        # RFC 5321 §6.3: each relay adds one Received: field.
+        self.hops = (b"\r\n" + self.headers).lower().count(b"\r\nreceived:")
 
     def read(self, buffer: bytearray) -> tuple[bytes | None, bool]:
         """
@@ -125,20 +137,26 @@ class _DataReader:
         if self.line_start:
             if buffer[:3] == b".\r\n":
                 del buffer[:3]
+                self._finish()
                 return None, True
-            if len(buffer) < 3 and b".\r\n".startswith(bytes(buffer)):
+            if len(buffer) < 3 and b".\r\n".startswith(buffer):
                 return None, False
             if buffer[:1] == b".":
                 # A stuffed dot on the first line, or right after a chunk
                 # that ended with CRLF.
                 del buffer[:1]
-        end = buffer.find(_TERMINATOR)
+            # This line's first octet is dealt with, whether or not the rest
+            # of the line is here yet.
+            self.line_start = False
+        # A CRLF may straddle the end of what was searched before.
+        start = max(0, self._searched - 1)
+        end = buffer.find(_TERMINATOR, start)
         if end >= 0:
             chunk = bytes(buffer[: end + 2])
             del buffer[: end + 5]
             finished = True
         else:
-            last = buffer.rfind(b"\r\n")
+            last = buffer.rfind(b"\r\n", start)
             if last >= 0:
                 chunk = bytes(buffer[: last + 2])
                 del buffer[: last + 2]
@@ -149,23 +167,37 @@ class _DataReader:
                 chunk = bytes(buffer[: len(buffer) - keep])
                 del buffer[: len(chunk)]
             else:
+                self._searched = len(buffer)
                 return None, False
             finished = False
+        self._searched = 0
         self.line_start = chunk.endswith(b"\r\n")
         chunk = chunk.replace(b"\r\n.", b"\r\n")
         self._note(chunk)
+        if finished:
+            self._finish()
         return chunk, finished
+
+    def _finish(self) -> None:
+        if self.in_headers:
+            # The message ended inside its header section.
+            self._end_headers()
 
     def problem(self) -> Reply | None:
         if self.too_big:
             # RFC 1870 §6.3: refused at the end of data, never in the middle.
             return Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
         if self.bare_line_end:
+            # RFC 5321 §2.3.8: lines end with CRLF only.
             return Reply(550, "5.5.2", "Message contains a bare CR or LF; lines must end with CRLF")
         if self.hops > self.max_hops:
             # RFC 5321 §6.3: a loop.
             return Reply(554, "5.4.6", f"Too many hops ({self.hops} Received: fields)")
         return None
+
+
+_DEFAULT_LIMITS = Limits()
+_LINE_TOO_LONG = Reply(500, "5.5.2", "Error: line too long")
 
 
 class ServerConnection:
@@ -177,12 +209,18 @@ class ServerConnection:
     :param extensions: extra EHLO keywords to advertise (such as
         ``"STARTTLS"``), beyond SIZE, 8BITMIME, PIPELINING and
         ENHANCEDSTATUSCODES.
+
+    :ivar line_limit: the longest command line accepted, CRLF included:
+        :attr:`Limits.command_line` plus what the advertised extensions add
+        to MAIL or RCPT (RFC 1870 §3, RFC 3461 §4, RFC 4954 §5).
+    :ivar errors: error replies so far; at :attr:`Limits.max_errors` the
+        session ends with 421.
     """
 
     def __init__(
         self,
         hostname: str,
-        limits: Limits = Limits(),
+        limits: Limits = _DEFAULT_LIMITS,
         extensions: tuple[str, ...] = (),
     ) -> None:
         self.hostname = hostname
@@ -196,25 +234,41 @@ class ServerConnection:
         self._buffer = bytearray()
         self._eof = False
         self._discarding = False
+        self._discarded_head = b""
         self._pending: ev.Command | None = None
         self._reader: _DataReader | None = None
         self._closed_event_sent = False
         self._advertised = tuple(self._keywords())
-        extra = SIZE_MAIL_EXTRA if "SIZE" in self._advertised else 0
-        self.line_limit = limits.command_line + extra
+        self._keyword_set = frozenset(k.split(" ")[0].upper() for k in self._advertised)
+        self.line_limit = self._line_limit()
 
     def _keywords(self) -> list[str]:
         size = self.limits.max_message_size
-        return (
-            ["SIZE " + str(size) if size else "SIZE", "8BITMIME", "PIPELINING",
-             "ENHANCEDSTATUSCODES"]
-            + list(self._extra)
-        )
+        return [
+            "SIZE " + str(size) if size else "SIZE",
+            "8BITMIME",
+            "PIPELINING",
+            "ENHANCEDSTATUSCODES",
+            *self._extra,
+        ]
+
+    def _line_limit(self) -> int:
+        keywords = self._keyword_set
+        mail = self.limits.command_line
+        rcpt = self.limits.command_line
+        if "SIZE" in keywords:
+            mail += SIZE_MAIL_EXTRA
+        if "DSN" in keywords:
+            mail += DSN_MAIL_EXTRA
+            rcpt += DSN_RCPT_EXTRA
+        if "AUTH" in keywords:
+            mail += AUTH_MAIL_EXTRA
+        return max(mail, rcpt)
 
     @property
     def advertised(self) -> frozenset[str]:
         """The keywords of the EHLO reply, without their parameters."""
-        return frozenset(k.split(" ")[0].upper() for k in self._advertised)
+        return self._keyword_set
 
     @property
     def closed(self) -> bool:
@@ -223,20 +277,48 @@ class ServerConnection:
 
     @property
     def buffered(self) -> int:
-        """Octets received and not yet turned into events."""
+        """
+        Octets received and not yet turned into events. An adapter stops
+        reading while this grows and :meth:`next_event` says :data:`PAUSED`.
+        """
         return len(self._buffer)
 
+    @property
+    def buffered_commands(self) -> int:
+        """
+        Complete command lines received and not yet handed out: each is a
+        reply still owed. Outside message data only; 0 while reading data.
+        """
+        if self._reader is not None:
+            return 0
+        return self._buffer.count(b"\r\n")
+
     def receive_data(self, data: bytes) -> None:
-        """Feed bytes from the client; ``b""`` means the client closed."""
+        """
+        Feed bytes from the client; ``b""`` means the client closed.
+
+        Once the session is closed, or the client has closed, nothing more
+        is taken in.
+        """
+        if self.state is State.CLOSED or self._eof:
+            return
         if data:
             self._buffer += data
         else:
             self._eof = True
 
     def next_event(self) -> ev.Event | ev.Sentinel:
-        """The next event, :data:`NEED_DATA` or :data:`PAUSED`."""
+        """
+        The next event, :data:`NEED_DATA` or :data:`PAUSED`.
+
+        :data:`PAUSED` means a command is waiting for its reply, however many
+        more are buffered behind it. After :class:`ConnectionClosed` there
+        is nothing more: :data:`NEED_DATA`.
+        """
         if self.state is State.CLOSED:
             return ev.PAUSED
+        if self._closed_event_sent:
+            return ev.NEED_DATA
         if self._reader is not None:
             return self._next_data_event()
         if self._pending is not None or self.state is State.CONNECTED:
@@ -248,28 +330,33 @@ class ServerConnection:
             self._pending = event
         return event
 
-    def _closed(self) -> ev.Event | ev.Sentinel:
-        if self._closed_event_sent:
-            return ev.NEED_DATA
+    def _closed(self) -> ev.ConnectionClosed:
         self._closed_event_sent = True
+        self._reader = None
+        del self._buffer[:]
         return ev.ConnectionClosed()
 
     def _next_data_event(self) -> ev.Event | ev.Sentinel:
         reader = self._reader
         assert reader is not None
-        while True:
-            if reader.finished:
-                return self._end_of_message(reader)
+        while not reader.finished:
+            before = reader.size
             chunk, reader.finished = reader.read(self._buffer)
-            if chunk and not reader.too_big:
+            if chunk is None:
+                if reader.finished:
+                    break
+                if self._eof:
+                    # The client went away mid-message: no end of message.
+                    return self._closed()
+                return ev.NEED_DATA
+            if reader.too_big:
+                # RFC 1870 §6.3: the message is refused at its end. Until
+                # then pass on nothing past the limit, however the data was
+                # split, so that memory stays bounded.
+                chunk = chunk[: max(0, reader.max_size - before)]
+            if chunk:
                 return ev.MessageData(chunk)
-            if chunk or reader.finished:
-                # Too big: read on to the end, passing nothing on.
-                continue
-            if self._eof:
-                self._reader = None
-                return self._closed()
-            return ev.NEED_DATA
+        return self._end_of_message(reader)
 
     def _end_of_message(self, reader: _DataReader) -> ev.EndOfMessage:
         self._reader = None
@@ -280,35 +367,48 @@ class ServerConnection:
 
     def _next_command(self) -> ev.Event | ev.Sentinel:
         buffer = self._buffer
+        # RFC 5321 §2.3.8: only CRLF ends a line; a bare CR or LF is part of
+        # the line and gets it refused.
         end = buffer.find(b"\r\n")
         if self._discarding:
             if end < 0:
-                del buffer[:]
+                self._discard_but_cr(buffer)
                 return ev.NEED_DATA
             del buffer[: end + 2]
             self._discarding = False
-            return ev.BadCommand(Reply(500, "5.5.2", "Error: line too long"))
+            return ev.BadCommand(_LINE_TOO_LONG, self._discarded_head)
         if end < 0:
             if len(buffer) >= self.line_limit:
-                # RFC 5321 §4.5.3.1.4: discard up to the next CRLF, then answer.
-                del buffer[:]
+                # RFC 5321 §4.5.3.1.4: too long already. Discard up to the
+                # next CRLF, then answer once, so that the buffer stays
+                # bounded however long the line.
+                self._discarded_head = bytes(buffer[: self.line_limit - 2])
+                self._discard_but_cr(buffer)
                 self._discarding = True
             return ev.NEED_DATA
         line = bytes(buffer[:end])
         del buffer[: end + 2]
         if end + 2 > self.line_limit:
-            return ev.BadCommand(Reply(500, "5.5.2", "Error: line too long"), line)
+            # RFC 5321 §4.5.3.1.4 (500 5.5.2 as in RFC 3463 §3.6); the event
+            # keeps as much of the line as a command may have.
+            return ev.BadCommand(_LINE_TOO_LONG, line[: self.line_limit - 2])
         mail = self.transaction.mail
         try:
             command = parse_command(
                 line,
-                self.advertised if self.esmtp else frozenset(),
+                self._keyword_set if self.esmtp else frozenset(),
                 self.limits.max_message_size,
                 mail.smtputf8 if mail is not None else False,
             )
         except CommandError as error:
             return ev.BadCommand(error.reply, line)
         return self._check_sequence(command, line)
+
+    @staticmethod
+    def _discard_but_cr(buffer: bytearray) -> None:
+        # Keep a final CR: it may be the first half of the CRLF that ends
+        # the line being discarded.
+        del buffer[: len(buffer) - 1 if buffer.endswith(b"\r") else len(buffer)]
 
     def _check_sequence(self, command: ev.Command, line: bytes) -> ev.Command:
         kind = type(command)
@@ -318,6 +418,7 @@ class ServerConnection:
                 return ev.BadCommand(Reply(452, "4.5.3", "Error: too many recipients"), line)
             return command
         if self.state is State.NO_SERVICE:
+            # RFC 5321 §3.1: after a 554 greeting, 503 to all but QUIT.
             text = "Error: no service here; only QUIT"
         elif kind is ev.Mail and self.state in (State.MAIL, State.RCPT):
             text = "Error: nested MAIL command"
@@ -328,8 +429,9 @@ class ServerConnection:
     def default_reply(self, command: ev.Command) -> Reply:
         """
         The reply that the server gives to *command* when no policy has a
-        say: for NOOP, RSET, QUIT, DATA, VRFY, EXPN, HELP, and the refusals
-        of :class:`BadCommand`.
+        say: for NOOP, RSET, QUIT, DATA, VRFY, EXPN, HELP, the refusals
+        of :class:`BadCommand`, and the end of a message (its
+        :attr:`~EndOfMessage.problem`, or 250).
         """
         if isinstance(command, ev.BadCommand):
             return command.reply
@@ -337,6 +439,10 @@ class ServerConnection:
             return self.helo_reply(command)
         if isinstance(command, ev.Mail | ev.Rcpt):
             return Reply(250, "2.1.0" if isinstance(command, ev.Mail) else "2.1.5", "OK")
+        if isinstance(command, ev.EndOfMessage):
+            if command.problem is not None:
+                return command.problem
+            return Reply(250, "2.0.0", "OK")
         return _DEFAULT_REPLIES[type(command)]
 
     def helo_reply(self, command: ev.Ehlo | ev.Helo) -> Reply:
@@ -356,24 +462,33 @@ class ServerConnection:
         """
         command = self._pending
         self._pending = None
-        out = [reply.render(enhanced=self.esmtp)]
+        out = [reply.render()]
         if self.state is State.CONNECTED:
             self.state = {220: State.GREETED, 554: State.NO_SERVICE}.get(reply.code, State.CLOSED)
+            if self.closed:
+                self._close()
             return out[0]
         if command is None and reply.code != 421:
             raise RuntimeError(f"no command is waiting for a reply; cannot send {reply}")
-        if reply.code == 421 or isinstance(command, ev.Quit) and reply.code == 221:
-            self.state = State.CLOSED
+        if reply.code == 421 or (isinstance(command, ev.Quit) and reply.code == 221):
+            self._close()
             return out[0]
         assert command is not None
         self._transition(command, reply)
-        if reply.code >= 400 and not isinstance(command, ev.EndOfMessage):
+        if _is_error(command, reply):
             self.errors += 1
             if self.errors >= self.limits.max_errors:
-                out.append(Reply(421, "4.7.0", f"{self.hostname} Error: too many errors")
-                           .render(enhanced=self.esmtp))
-                self.state = State.CLOSED
+                out.append(
+                    Reply(421, "4.7.0", f"{self.hostname} Error: too many errors").render()
+                )
+                self._close()
         return b"".join(out)
+
+    def _close(self) -> None:
+        self.state = State.CLOSED
+        self._reader = None
+        # Nothing more is read (RFC 5321 §4.1.1.10, §3.8).
+        del self._buffer[:]
 
     def _transition(self, command: ev.Command, reply: Reply) -> None:
         positive = reply.code < 400
@@ -400,3 +515,19 @@ class ServerConnection:
     def shutdown_reply(self) -> Reply:
         """The 421 that tells a client the server is going down (RFC 5321 §3.8)."""
         return Reply(421, "4.3.2", f"{self.hostname} Service shutting down, closing connection")
+
+
+def _is_error(command: ev.Command, reply: Reply) -> bool:
+    """Whether *reply* to *command* counts towards :attr:`Limits.max_errors`."""
+    if reply.code < 400 or isinstance(command, ev.EndOfMessage):
+        # Refusing a message is not the client's error.
+        return False
+    if reply.code == 452 and (
+        isinstance(command, ev.Rcpt)
+        or (isinstance(command, ev.BadCommand) and command.reply.code == 452)
+    ):
+        # RFC 5321 §4.5.3.1.10: a client told 452 for recipients beyond the
+        # limit sends them in a later transaction; that is no error (as
+        # Postfix's smtpd_recipient_overshoot_limit).
+        return False
+    return True

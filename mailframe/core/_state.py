@@ -56,8 +56,9 @@ TRANSITIONS[State.END_OF_DATA, ev.EndOfMessage, False] = State.READY
 #: The commands each state serves; any other gets 503 (bad sequence).
 ALLOWED: dict[State, frozenset[type[ev.Command]]] = {
     State.NO_SERVICE: frozenset({ev.Quit}),
-    State.GREETED: frozenset({ev.Helo, ev.Ehlo, ev.Rset, ev.Noop, ev.Quit, ev.Vrfy,
-                              ev.Expn, ev.Help}),
+    State.GREETED: frozenset(
+        {ev.Helo, ev.Ehlo, ev.Rset, ev.Noop, ev.Quit, ev.Vrfy, ev.Expn, ev.Help}
+    ),
 }
 _BASIC = ALLOWED[State.GREETED]
 ALLOWED[State.READY] = _BASIC | {ev.Mail}

@@ -36,9 +36,10 @@ __all__ = ["ServerSettings", "SMTPServerFactory", "SMTPServerProtocol"]
 
 #: RFC 5321 §4.5.3.2.7: the server waits at least 5 minutes for a command.
 MIN_IDLE_TIMEOUT = 300.0
-#: While a reply is being decided, pipelined input beyond this many octets
-#: pauses reading (RFC 2920 §3.1 lets a server stop reading; the client
-#: then waits for replies).
+#: While a reply is being decided, more than this many pipelined commands
+#: waiting for their replies, or this many octets of input, pause reading
+#: (RFC 2920 §3.1 lets a server stop reading; the client then waits).
+MAX_PIPELINED_COMMANDS = 100
 MAX_PIPELINED_OCTETS = 64 * 1024
 
 _PLUGIN_FAILURE = Reply(451, "4.3.0", "Error: internal error in processing")
@@ -198,7 +199,8 @@ class SMTPServerProtocol(Protocol):
         finally:
             self._running = False
         if self._throttle is not None:
-            if self._waiting and self.conn.buffered > MAX_PIPELINED_OCTETS:
+            if self._waiting and (self.conn.buffered > MAX_PIPELINED_OCTETS
+                                  or self.conn.buffered_commands > MAX_PIPELINED_COMMANDS):
                 self._throttle.hold("pipeline")
             else:
                 self._throttle.let_go("pipeline")
@@ -482,7 +484,7 @@ class SMTPServerProtocol(Protocol):
         if self._gone:
             return
         assert self.transport is not None
-        self.transport.write(reply.render(enhanced=self.conn.esmtp))
+        self.transport.write(reply.render())
         self._abort_writer()
         self._lose()
 
