@@ -15,6 +15,7 @@ combine with :class:`twisted.trial.unittest.TestCase` (or any
             return Mailbox("alice", "example.com")
 """
 
+from mailframe.stores.memory import MemoryQueueStore
 from mailframe.testing._contracts import (
     ComponentMakerContract,
     PolicyContract,
@@ -31,7 +32,6 @@ from mailframe.testing._fakes import (
     envelope,
 )
 from mailframe.testing._store_contract import QueueStoreContract
-from mailframe.stores.memory import MemoryQueueStore
 
 __all__ = [
     "ComponentMakerContract",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 from twisted.internet import reactor
 from twisted.internet.task import Clock
@@ -17,7 +19,9 @@ from mailframe.transports.maildir import MaildirTransport
 
 class MaildirTests(TransportContract, TestCase):
     def setUp(self) -> None:
-        self.root = self.mktemp()
+        work = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, work)
+        self.root = os.path.join(work, "mail")
         self.store = MemoryQueueStore(Clock())
         writer = self.store.open_writer()
         writer.write(b"Subject: hi\r\n\r\nline one\r\n.line two\r\n")

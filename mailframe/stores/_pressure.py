@@ -1,0 +1,95 @@
+"""
+Back-pressure for queue writers: pause the producer that feeds a writer
+while too many of its octets wait to be written, so that memory per
+connection stays bounded whatever the message size.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+from twisted.internet.interfaces import IDelayedCall, IPullProducer, IPushProducer, IReactorTime
+
+__all__ = ["DEFAULT_HIGH_WATER", "ProducerGate"]
+
+#: Octets a writer may hold before it pauses its producer.
+DEFAULT_HIGH_WATER = 1024 * 1024
+
+
+class ProducerGate:
+    """
+    Tracks the octets a writer holds and pauses or resumes its producer.
+
+    A streaming (push) producer is paused when more than *high_water*
+    octets are outstanding and resumed once they drain below half of it. A
+    pull producer is asked for more (on the next turn of the reactor) after
+    each write while the writer is below *high_water*, and again when it
+    drains below half.
+    """
+
+    def __init__(self, clock: IReactorTime, high_water: int) -> None:
+        if high_water <= 0:
+            raise ValueError("high_water must be positive")
+        self.high_water = high_water
+        #: Octets written to the writer and not yet stored.
+        self.outstanding = 0
+        #: ``True`` while the producer is paused by this gate.
+        self.paused = False
+        self._clock = clock
+        self._push: IPushProducer | None = None
+        self._puller: IPullProducer | None = None
+        self._pull: IDelayedCall | None = None
+
+    def register(self, producer: object, streaming: bool) -> None:
+        if self._push is not None or self._puller is not None:
+            raise RuntimeError("a producer is already registered")
+        self.paused = False
+        if streaming:
+            self._push = cast(IPushProducer, producer)
+            self._check()
+        else:
+            self._puller = cast(IPullProducer, producer)
+            self._ask()
+
+    def unregister(self) -> None:
+        self._push = self._puller = None
+        self.paused = False
+        if self._pull is not None and self._pull.active():
+            self._pull.cancel()
+        self._pull = None
+
+    def add(self, octets: int) -> None:
+        """*octets* were written to the writer."""
+        self.outstanding += octets
+        if self._puller is not None and self.outstanding <= self.high_water:
+            self._ask()
+        else:
+            self._check()
+
+    def done(self, octets: int) -> None:
+        """*octets* were stored (or thrown away)."""
+        self.outstanding -= octets
+        self._check()
+
+    def _check(self) -> None:
+        if self._push is None and self._puller is None:
+            return
+        if not self.paused and self.outstanding > self.high_water:
+            self.paused = True
+            if self._push is not None:
+                self._push.pauseProducing()
+        elif self.paused and self.outstanding < self.high_water // 2:
+            self.paused = False
+            if self._push is not None:
+                self._push.resumeProducing()
+            else:
+                self._ask()
+
+    def _ask(self) -> None:
+        if self._pull is None or not self._pull.active():
+            self._pull = self._clock.callLater(0, self._resume_pull)
+
+    def _resume_pull(self) -> None:
+        self._pull = None
+        if self._puller is not None and not self.paused:
+            self._puller.resumeProducing()
