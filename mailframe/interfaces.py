@@ -75,8 +75,9 @@ class IPolicy(Interface):
         :param envelope: the :class:`~mailframe.envelope.Envelope`.
         :param headers: the message's header section as received (capped in
             size), ending with the empty line when there was one.
-        :param message: a callable returning a binary file object that reads
-            the whole message as received, for policies that scan bodies.
+        :param message: a callable returning a Deferred that fires with a
+            binary file object reading the whole message as received, for
+            policies that scan bodies.
         :return: a verdict: REJECT or TEMPFAIL refuse the message, HOLD and
             DISCARD accept it, and ``headers`` are prepended.
         """
@@ -104,6 +105,12 @@ class IQueueWriter(Interface):
 
     def write(data: bytes) -> None:
         """Append *data* to the message."""
+
+    def open_message() -> Any:
+        """
+        A Deferred firing with a binary file object that reads what was
+        written so far; end-of-data policies use it to scan the message.
+        """
 
     def commit(envelope: Any) -> Any:
         """

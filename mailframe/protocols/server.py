@@ -393,9 +393,8 @@ class SMTPServerProtocol(Protocol):
             self._abort_writer()
             self._log_message(envelope, writer.queue_id, event.size, "rejected", event.problem)
             return event.problem
-        opener = getattr(writer, "open_message", None)
         verdict = ask_policies(self.factory.policies, "end_of_data", envelope, event.headers,
-                               opener)
+                               writer.open_message)
         if isinstance(verdict, Deferred):
             return verdict.addCallback(self._finish, writer, envelope, event)
         return self._finish(verdict, writer, envelope, event)

@@ -221,6 +221,10 @@ class _MemoryWriter:
             self._gate.add(len(data))
             self._gate.done(len(data))
 
+    def open_message(self) -> defer.Deferred[BinaryIO]:
+        """A file reading what was written so far."""
+        return defer.succeed(io.BytesIO(b"".join(self._chunks)))
+
     def commit(self, envelope: Envelope) -> defer.Deferred[str]:
         if self._state is not _Writing.OPEN:
             state = self._state.value

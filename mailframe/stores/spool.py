@@ -765,6 +765,16 @@ class _SpoolWriter:
         outcome = self._chain(finish)
         return outcome.addErrback(self._commit_failed)
 
+    def open_message(self) -> Deferred[BinaryIO]:
+        """
+        A file reading what was written so far, once it is in the file; for
+        end-of-data policies that scan the message.
+        """
+        if self._state is not _Writing.OPEN:
+            return defer.fail(RuntimeError(f"open_message() of {self.queue_id} after commit"))
+        self._flush()
+        return self._chain(lambda: self._store._in_thread(self._open_for_reading))
+
     def abort(self) -> None:
         """
         Throw the message away, removing its file in a thread. Once
@@ -836,6 +846,13 @@ class _SpoolWriter:
         if self._fd is None:
             self._fd = _create(self._file(self._store._layout.tmp, ".msg"))
         _write_all(self._fd, data)
+
+    def _open_for_reading(self) -> BinaryIO:
+        if self._error is not None:
+            self._error.raiseException()
+        if self._fd is None:
+            self._fd = _create(self._file(self._store._layout.tmp, ".msg"))
+        return open(self._file(self._store._layout.tmp, ".msg"), "rb")
 
     def _finish(self, data: bytes, document: bytes) -> None:
         store = self._store

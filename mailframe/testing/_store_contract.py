@@ -212,6 +212,21 @@ class QueueStoreContract:
         self.assertEqual((yield self._read(store, queue_id)), MESSAGE)
 
     @inlineCallbacks
+    def test_writer_reads_back_what_was_written(self) -> _Test:
+        store = yield self._store()
+        writer = store.open_writer()
+        half = len(MESSAGE) // 2
+        writer.write(MESSAGE[:half])
+        f = yield writer.open_message()
+        try:
+            self.assertEqual(f.read(), MESSAGE[:half])
+        finally:
+            f.close()
+        writer.write(MESSAGE[half:])
+        queue_id = yield writer.commit(self.envelope())
+        self.assertEqual((yield self._read(store, queue_id)), MESSAGE)
+
+    @inlineCallbacks
     def test_empty_message(self) -> _Test:
         store = yield self._store()
         queue_id = yield self._commit(store, b"")

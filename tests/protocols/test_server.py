@@ -401,3 +401,23 @@ class ReceivedHeaderTests(SynchronousTestCase):
         self.assertIn(f"with ESMTPSA id {queue_id}", header)
         self.assertTrue(re.search(r"\d{2} \w{3} \d{4} \d\d:\d\d:\d\d", header))
 
+
+
+class EndOfDataScanTests(SynchronousTestCase):
+    def test_policy_reads_the_message(self) -> None:
+        seen: list[bytes] = []
+
+        def scan(envelope: Any, headers: bytes, message: Any) -> Deferred[Verdict]:
+            def read(f: Any) -> Verdict:
+                seen.append(f.read())
+                return Verdict.reject(554, "5.7.1", "found") if b"body" in seen[-1] else Verdict()
+
+            return message().addCallback(read)
+
+        factory, store, _ = make_factory([RecordingPolicy({"end_of_data": scan})])
+        protocol, transport = connect(factory)
+        protocol.dataReceived(SESSION)
+        self.assertIn("554 5.7.1 found", take(transport))
+        self.assertTrue(seen[0].startswith(b"Received: from client.example"))
+        self.assertTrue(seen[0].endswith(b"Subject: hi\r\n\r\n.dot\r\nbody\r\n"))
+        self.assertEqual(self.successResultOf(store.list()), [])
