@@ -421,3 +421,30 @@ class EndOfDataScanTests(SynchronousTestCase):
         self.assertTrue(seen[0].startswith(b"Received: from client.example"))
         self.assertTrue(seen[0].endswith(b"Subject: hi\r\n\r\n.dot\r\nbody\r\n"))
         self.assertEqual(self.successResultOf(store.list()), [])
+
+
+class LogEventTests(SynchronousTestCase):
+    def test_accepted_message_and_refused_recipient_are_structured_events(self) -> None:
+        from twisted.logger import Logger
+
+        events: list[dict[str, Any]] = []
+        factory, _, _ = make_factory()
+        protocol, transport = connect(factory, host="192.0.2.8")
+        protocol.log = Logger(observer=events.append)
+        protocol.dataReceived(SESSION.replace(
+            b"RCPT TO:<alice@example.com>\r\n",
+            b"RCPT TO:<x@elsewhere.example>\r\nRCPT TO:<alice@example.com>\r\n"))
+        queued = [e for e in events if e.get("status") == "queued"]
+        refused = [e for e in events if e.get("status") == "rejected"]
+        self.assertEqual(len(queued), 1)
+        self.assertEqual(len(refused), 1)
+        accepted = queued[0]
+        queue_id = next(x for x in take(transport) if "queued" in x).rsplit(" ", 1)[1]
+        self.assertEqual(accepted["queue_id"], queue_id)
+        self.assertEqual(accepted["sender"], "sender@example.org")
+        self.assertEqual(accepted["recipients"], ["alice@example.com"])
+        self.assertEqual(accepted["client"].address, "192.0.2.8")
+        self.assertEqual(accepted["size"], len(b"Subject: hi\r\n\r\n.dot\r\nbody\r\n"))
+        self.assertEqual(accepted["reply"], f"250 2.0.0 Ok: queued as {queue_id}")
+        self.assertEqual(refused[0]["recipient"], "x@elsewhere.example")
+        self.assertTrue(refused[0]["reply"].startswith("554 5.7.1"))

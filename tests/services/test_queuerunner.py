@@ -103,3 +103,26 @@ class ScheduleTests(SynchronousTestCase):
         self.assertEqual(parse_duration("5d"), 432000)
         self.assertRaises(ValueError, parse_duration, "soon")
         self.assertRaises(ValueError, RetrySchedule.parse, "0")
+
+
+class OutcomeEventTests(SynchronousTestCase):
+    def test_each_recipient_outcome_is_one_event(self) -> None:
+        from twisted.logger import Logger
+
+        clock = Clock()
+        store = MemoryQueueStore(clock)
+        events: list[dict[str, Any]] = []
+        queue_id = enqueue(store, "a@example.com", "b@remote.example")
+        runner = QueueRunner(store, StaticRouter({"example.com": Route("local")}),
+                             {"local": RecordingTransport()}, clock, random=random.Random(1))
+        runner.log = Logger(observer=events.append)
+        runner.startService()
+        clock.advance(0)
+        outcomes = [e for e in events if "recipient" in e]
+        self.assertEqual(sorted((e["recipient"], e["status"]) for e in outcomes),
+                         [("a@example.com", "delivered"), ("b@remote.example", "transient")])
+        for event in outcomes:
+            self.assertEqual(event["queue_id"], queue_id)
+            self.assertEqual(event["sender"], "sender@example.org")
+            self.assertIn("reply", event)
+        runner.stopService()
