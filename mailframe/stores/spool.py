@@ -434,11 +434,16 @@ class SpoolQueueStore:
         return self._serially(entry.queue_id, write)
 
     def _remove_files(self, entry: QueueEntry) -> Deferred[None]:
+        """
+        Remove a finished entry's files. The directory is not fsynced: if a
+        crash undoes the removal, the entry comes back and is delivered
+        again, which at-least-once delivery allows (RFC 5321 §6.1), and
+        which Postfix risks the same way; nothing can be lost.
+        """
         directory = self._directory(entry)
 
         def remove() -> Deferred[None]:
-            d = self._in_thread(self._unlink_entry, directory, entry.queue_id)
-            return d.addCallback(lambda _: self._syncers[directory].sync())
+            return self._in_thread(self._unlink_entry, directory, entry.queue_id)
 
         return self._serially(entry.queue_id, remove)
 
