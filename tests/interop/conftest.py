@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import attrs
 import pytest
@@ -130,3 +130,84 @@ def server(tmp_path: pathlib.Path) -> Iterator[Server]:
     running = start_server(tmp_path)
     yield running
     running.stop()
+
+
+# -- helpers shared by the interop modules -------------------------------------
+
+
+class RawSMTP:
+    """
+    An SMTP client over a plain socket, for what the library clients will not
+    send: unknown parameters, partial messages, commands at chosen moments.
+    """
+
+    def __init__(self, port: int, timeout: float = 30.0) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.file = self.sock.makefile("rb")
+
+    def reply(self) -> tuple[int, bytes]:
+        """The next reply: its code and its lines, CRLFs kept; EOFError at EOF."""
+        lines: list[bytes] = []
+        while True:
+            line = self.file.readline(4096)
+            if not line:
+                raise EOFError(f"connection closed after {b''.join(lines)!r}")
+            lines.append(line)
+            if line[3:4] != b"-":
+                return int(line[:3]), b"".join(lines)
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def command(self, line: bytes) -> tuple[int, bytes]:
+        self.send(line + b"\r\n")
+        return self.reply()
+
+    def at_eof(self) -> bool:
+        """Whether the server has closed the connection (and sent nothing more)."""
+        return self.file.read(1) == b""
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+    def __enter__(self) -> RawSMTP:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def maildir_messages(mail: pathlib.Path) -> dict[str, list[bytes]]:
+    """Every delivered message under *mail*, by mailbox (``mail/<user>/new/*``)."""
+    found: dict[str, list[bytes]] = {}
+    if not mail.is_dir():
+        return found
+    for user in sorted(os.listdir(mail)):
+        new = mail / user / "new"
+        if new.is_dir():
+            found[user] = [(new / name).read_bytes() for name in sorted(os.listdir(new))]
+    return found
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll *predicate* every 50 ms until it holds; fail after *timeout* seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        time.sleep(0.05)
+
+
+def assert_orderly_exit(server: Server) -> None:
+    """
+    The server stopped on SIGTERM after an orderly shutdown. twistd re-raises
+    the signal that stopped its reactor once it has shut down
+    (``twisted.scripts.twistd.runApp``), so the status is 0 or "killed by
+    SIGTERM"; the log tells an orderly end from a kill.
+    """
+    code = server.process.returncode
+    assert code in (0, -signal.SIGTERM), f"exit status {code}; log:\n{server.log()[-3000:]}"
+    log = server.log()
+    assert "Server Shut Down." in log, log[-3000:]
+    assert "Traceback" not in log and "Unhandled" not in log, log[-3000:]

@@ -1,0 +1,279 @@
+"""
+Durability before ``250``, checked by tracing the real server's system calls.
+
+``kill -9`` cannot show that a message was durable when it was acknowledged
+(the page cache outlives a killed process), so this test runs
+``twistd -n mailframe`` under ``strace -f`` and checks the order of the
+system calls: for every message acknowledged with ``250 ... queued as ID``,
+before the socket write of that reply began,
+
+- ``fsync`` of the message's own files (``ID.msg`` and ``ID.env``) returned;
+- an ``fsync`` of the spool's ``queue/`` directory that started after the
+  entry's last rename into ``queue/`` returned;
+
+and every ``fsync`` ran on a thread other than the reactor's.
+
+How the trace is read: with ``-f``, strace writes one line per system call
+when nothing else happens in between, and otherwise splits it into
+``name(args <unfinished ...>`` (at entry) and ``<... name resumed>...``
+(at exit), in the order it sees the events. A thread stops at every entry
+and exit until strace has printed it, so an exit that caused an event in
+another thread (through the reactor's wake-up pipe) is printed before that
+event. Line numbers therefore order the entries and exits of calls.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+import signal
+import smtplib
+import subprocess
+import threading
+import time
+
+import attrs
+import pytest
+
+from tests.interop.conftest import Server, assert_orderly_exit, require, start_server
+
+pytestmark = pytest.mark.interop
+
+MESSAGES = 20
+CONNECTIONS = 5
+TRACED = "fsync,fdatasync,rename,renameat,renameat2,write,sendto,sendmsg,writev,execve"
+
+_LINE = re.compile(r"^(\d+) +(\d\d:\d\d:\d\d\.\d+) (.*)$")
+_UNFINISHED = re.compile(r"^(\w+)\((.*) <unfinished \.\.\.>$")
+_RESUMED = re.compile(r"^<\.\.\. (\w+) resumed>(.*)$")
+_CALL = re.compile(r"^(\w+)\((.*)$")
+_FD = re.compile(r"^(\d+)<(.*?)>(?:,|$)")
+_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
+
+
+@attrs.define
+class Call:
+    """One system call: where its entry and exit were printed."""
+
+    pid: int
+    name: str
+    args: str
+    start: int
+    end: int | None = None
+    result: str | None = None
+    started_at: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.result is not None and self.result.split(" ", 1)[0] == "0"
+
+    @property
+    def fd_path(self) -> str | None:
+        match = _FD.match(self.args)
+        return match.group(2) if match else None
+
+    def paths(self) -> list[str]:
+        return _QUOTED.findall(self.args)
+
+
+def parse_trace(text: str) -> list[Call]:
+    calls: list[Call] = []
+    open_calls: dict[int, Call] = {}
+    for index, line in enumerate(text.splitlines()):
+        match = _LINE.match(line)
+        if match is None:
+            continue
+        pid, stamp, rest = int(match.group(1)), match.group(2), match.group(3)
+        if rest.startswith(("+++", "---")):
+            continue
+        if unfinished := _UNFINISHED.match(rest):
+            call = Call(pid, unfinished.group(1), unfinished.group(2), index, started_at=stamp)
+            open_calls[pid] = call
+            calls.append(call)
+        elif resumed := _RESUMED.match(rest):
+            call = open_calls.pop(pid)
+            assert call.name == resumed.group(1), line
+            args, _, result = resumed.group(2).rpartition(") = ")
+            call.args += args
+            call.end, call.result = index, result
+        elif whole := _CALL.match(rest):
+            args, _, result = whole.group(2).rpartition(") = ")
+            calls.append(Call(pid, whole.group(1), args, index, index, result, stamp))
+    return calls
+
+
+def traced_child(strace_pid: int, timeout: float = 30.0) -> int:
+    """The pid of the program that strace started."""
+    children = pathlib.Path(f"/proc/{strace_pid}/task/{strace_pid}/children")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = children.read_text().split()
+        if found:
+            return int(found[0])
+        time.sleep(0.05)
+    raise AssertionError("strace started no program")
+
+
+def send(port: int, count: int, first: int, replies: list[str],
+         together: threading.Barrier) -> None:
+    """
+    Send *count* messages over one connection. Every connection sends its
+    final dot when all have reached it (*together*), so that commits
+    overlap as on a busy server.
+    """
+    with smtplib.SMTP("127.0.0.1", port, timeout=60) as client:
+        client.ehlo("durable.example")
+        for n in range(first, first + count):
+            assert client.mail("sender@example.org")[0] == 250
+            assert client.rcpt(f"user{n}@example.com")[0] == 250
+            assert client.docmd("DATA")[0] == 354
+            together.wait(60)
+            client.send(f"Subject: durable {n}\r\n\r\nmessage {n}\r\n.\r\n".encode())
+            code, reply = client.getreply()
+            assert code == 250, reply
+            replies.append(reply.decode())
+
+
+def test_acknowledged_only_when_durable(tmp_path: pathlib.Path) -> None:
+    strace = require("strace")
+    trace_file = tmp_path / "trace"
+    server: Server = start_server(
+        tmp_path, wrap=[strace, "-f", "-yy", "-tt", "-e", f"trace={TRACED}", "-s", "256",
+                        "-o", str(trace_file)])
+    try:
+        twistd = traced_child(server.process.pid)
+        replies: list[str] = []
+        errors: list[BaseException] = []
+        together = threading.Barrier(CONNECTIONS)
+
+        def run(index: int) -> None:
+            try:
+                send(server.port, MESSAGES // CONNECTIONS, index * MESSAGES // CONNECTIONS,
+                     replies, together)
+            except BaseException as error:
+                errors.append(error)
+                together.abort()
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(CONNECTIONS)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert not errors, errors
+        assert len(replies) == MESSAGES
+        for n in range(MESSAGES):
+            server.wait_delivered(f"user{n}", 1, timeout=60)
+    finally:
+        # strace blocks fatal signals when it runs a program with -o; the
+        # signal goes to the traced program, and strace exits after it.
+        if server.process.poll() is None:
+            try:
+                os.kill(traced_child(server.process.pid, 5), signal.SIGTERM)
+            except (AssertionError, OSError):
+                pass
+        try:
+            server.process.wait(60)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait()
+    assert_orderly_exit(server)
+
+    ids = [re.fullmatch(r"2\.0\.0 Ok: queued as (\S+)", r).group(1)  # type: ignore[union-attr]
+           for r in replies]
+    assert len(set(ids)) == MESSAGES
+    calls = parse_trace(trace_file.read_text(errors="replace"))
+    main = next(c.pid for c in calls if c.name == "execve" and c.ok)
+    assert main == twistd
+    covering, dir_syncs, fsyncs = check_trace(
+        calls, ids, main, os.path.realpath(server.queue / "queue"),
+        os.path.realpath(server.queue / "tmp"))
+    per_message = covering / MESSAGES
+    print(f"\n{covering} directory fsyncs of queue/ made {MESSAGES} messages durable"
+          f" ({per_message:.2f} per message); {dir_syncs} of queue/ in all, with"
+          f" removals after delivery; {fsyncs} fsyncs in all")
+    # Group commit: concurrent sessions share directory fsyncs.
+    assert per_message < 1, "every message paid for a directory fsync of its own"
+
+
+def check_trace(
+    calls: list[Call], ids: list[str], main: int, queue_dir: str, tmp_dir: str
+) -> tuple[int, int, int]:
+    """
+    Assert the order of the module's docstring for every queue id in *ids*.
+
+    :return: how many directory fsyncs of *queue_dir* covered the commits,
+        how many there were in all, and how many fsyncs in all.
+    """
+    fsyncs = [c for c in calls if c.name in ("fsync", "fdatasync")]
+    assert fsyncs, "no fsync traced at all"
+    on_main = [c for c in fsyncs if c.pid == main]
+    assert not on_main, f"fsync on the reactor thread: {on_main[:3]}"
+    dir_syncs = [c for c in fsyncs if c.fd_path == queue_dir and c.ok and c.end is not None]
+    renames = [c for c in calls if c.name.startswith("rename") and c.ok and c.end is not None]
+    socket_writes = [c for c in calls if c.name in ("write", "sendto", "sendmsg", "writev")
+                     and (c.fd_path or "").startswith("TCP")]
+    assert socket_writes and all(c.pid == main for c in socket_writes), "replies off the reactor"
+
+    covering: set[int] = set()
+    for queue_id in ids:
+        acks = [c for c in socket_writes if f"queued as {queue_id}\\r\\n" in c.args]
+        assert len(acks) == 1, f"{queue_id}: {len(acks)} socket writes of its 250"
+        ack = acks[0]
+        for suffix in (".msg", ".env"):
+            own = [c for c in fsyncs if c.ok and c.end is not None and c.fd_path in (
+                f"{tmp_dir}/{queue_id}{suffix}", f"{queue_dir}/{queue_id}{suffix}")]
+            assert own, f"{queue_id}{suffix} was never fsynced"
+            assert min(c.end for c in own if c.end is not None) < ack.start, (
+                f"{queue_id}{suffix}: fsync returned after the 250 was written")
+        into_queue = [c for c in renames if c.paths()
+                      and c.paths()[-1].startswith(f"{queue_dir}/{queue_id}.")]
+        assert {c.paths()[-1] for c in into_queue} == {
+            f"{queue_dir}/{queue_id}.msg", f"{queue_dir}/{queue_id}.env"}, into_queue
+        last_rename = max(c.end for c in into_queue if c.end is not None)
+        assert last_rename < ack.start, f"{queue_id}: renamed after its 250"
+        syncs = [c for c in dir_syncs if c.start > last_rename]
+        assert syncs, f"{queue_id}: no fsync of {queue_dir} after its renames"
+        first = min(syncs, key=lambda c: c.start)
+        assert first.end is not None and first.end < ack.start, (
+            f"{queue_id}: 250 written (line {ack.start + 1}) before the fsync of {queue_dir}"
+            f" that covers its renames returned (line {(first.end or 0) + 1})")
+        covering.add(first.start)
+    return len(covering), len(dir_syncs), len(fsyncs)
+
+
+# A trace of one commit as strace -f -yy prints it, with the reactor (100)
+# and a pool thread (101) interleaved; {ack} is where the 250 is written.
+_SYNTHETIC = """\
+100 10:00:00.000000 execve("/venv/bin/twistd", ["twistd"], 0x1 /* 1 vars */) = 0
+101 10:00:00.000010 fsync(7</q/tmp/ID1.msg>) = 0
+101 10:00:00.000020 fsync(7</q/tmp/ID1.env>) = 0
+101 10:00:00.000030 rename("/q/tmp/ID1.msg", "/q/queue/ID1.msg") = 0
+101 10:00:00.000040 rename("/q/tmp/ID1.env", "/q/queue/ID1.env") = 0
+{early}101 10:00:00.000050 fsync(7</q/queue> <unfinished ...>
+100 10:00:00.000055 write(9<TCP:[127.0.0.1:25->127.0.0.1:4000]>, "250 2.1.5 OK\\r\\n", 14) = 14
+{ack}101 10:00:00.000060 <... fsync resumed>) = 0
+{late}"""
+_ACK = ('100 10:00:00.000070 sendto(9<TCP:[127.0.0.1:25->127.0.0.1:4000]>,'
+        ' "250 2.0.0 Ok: queued as ID1\\r\\n", 30, 0, NULL, 0) = 30\n')
+
+
+@pytest.mark.parametrize(("where", "good"), [("late", True), ("ack", False), ("early", False)])
+def test_the_trace_check_itself(where: str, good: bool) -> None:
+    """The check passes on a correct trace and fails when the 250 comes too soon."""
+    text = _SYNTHETIC.format(**{key: _ACK if key == where else ""
+                                for key in ("early", "ack", "late")})
+    calls = parse_trace(text)
+
+    def check() -> tuple[int, int, int]:
+        return check_trace(calls, ["ID1"], 100, "/q/queue", "/q/tmp")
+
+    if good:
+        assert check() == (1, 1, 3)
+    else:
+        with pytest.raises(AssertionError):
+            check()
+    # An fsync on the reactor thread fails the check too.
+    with pytest.raises(AssertionError, match="reactor thread"):
+        check_trace(parse_trace(text.replace("101 10:00:00.000020", "100 10:00:00.000020")),
+                    ["ID1"], 100, "/q/queue", "/q/tmp")

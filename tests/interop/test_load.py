@@ -1,0 +1,65 @@
+"""
+Load from Postfix's ``smtp-source`` against ``twistd -n mailframe``: 10
+concurrent sessions, 200 messages of 1 KiB, every one delivered.
+
+With ``-N``, smtp-source puts a sequence number in front of each recipient
+(``1rcpt@example.com``, ``2rcpt@example.com``, ...), so each message lands in
+a Maildir of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+
+import pytest
+
+from tests.interop.conftest import Server, maildir_messages, require, wait_until
+
+pytestmark = pytest.mark.interop
+
+SESSIONS = 10
+MESSAGES = 200
+LENGTH = 1024
+
+
+def test_smtp_source(server: Server) -> None:
+    smtp_source = require("smtp-source")
+    started = time.monotonic()
+    result = subprocess.run(
+        [smtp_source, "-s", str(SESSIONS), "-m", str(MESSAGES), "-l", str(LENGTH), "-r", "1",
+         "-d", "-N", "-M", "example.com", "-f", "sender@example.org", "-t", "rcpt@example.com",
+         f"127.0.0.1:{server.port}"],
+        capture_output=True, text=True, timeout=120,
+    )
+    sent_in = time.monotonic() - started
+    assert result.returncode == 0, result.stdout + result.stderr + server.log()[-3000:]
+    # smtp-source stops at the first reply it did not expect (and says so).
+    assert "fatal" not in result.stderr and "warning" not in result.stderr, result.stderr
+
+    def count() -> int:
+        return sum(len(found) for found in maildir_messages(server.mail).values())
+
+    wait_until(lambda: count() >= MESSAGES, 60,
+               f"{MESSAGES} messages in the Maildirs (found {count()})")
+    delivered = maildir_messages(server.mail)
+    assert sum(len(found) for found in delivered.values()) == MESSAGES
+    assert len(delivered) == MESSAGES
+    for user, [message] in delivered.items():
+        assert re.fullmatch(r"[0-9]+rcpt", user), user
+        assert message.startswith(
+            f"Return-Path: <sender@example.org>\nDelivered-To: {user}@example.com\n".encode())
+        _, _, body = message.partition(b"\n\n")
+        # smtp-source's body: LENGTH octets in lines of 80, CRLF counted.
+        assert LENGTH - 80 <= len(body.replace(b"\n", b"\r\n")) <= LENGTH + 80, len(body)
+        assert set(body) <= set(b"0123456789X\n")
+    # Every message was acknowledged with an id of its own, and each was
+    # removed from the queue once delivered.
+    queued = set(re.findall(r"Ok: queued as (\S+)", server.log()))
+    assert len(queued) == MESSAGES
+    queue = server.queue / "queue"
+    wait_until(lambda: not os.listdir(queue), 60, f"{queue} empty: {os.listdir(queue)[:5]}")
+    assert os.listdir(server.queue / "tmp") == []
+    print(f"\nsmtp-source sent {MESSAGES} messages in {sent_in:.2f} s")
