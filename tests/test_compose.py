@@ -1,0 +1,50 @@
+"""Tests for composing the mail service, and its open-file limit."""
+
+from __future__ import annotations
+
+import resource
+
+import pytest
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.threadpool import ThreadPool
+
+from mailframe import compose
+from mailframe.config import Config
+from mailframe.services.mta import MailService
+
+
+def test_open_file_limit_is_raised_to_hard_and_logged(monkeypatch: pytest.MonkeyPatch) -> None:
+    limits = {"now": (1024, 65536)}
+    events: list[dict[str, object]] = []
+    monkeypatch.setattr(resource, "getrlimit", lambda kind: limits["now"])
+
+    def setrlimit(kind: int, value: tuple[int, int]) -> None:
+        limits["now"] = value
+
+    monkeypatch.setattr(resource, "setrlimit", setrlimit)
+    monkeypatch.setattr(compose.log, "observer", events.append)
+    assert compose.raise_open_file_limit() == 65536
+    assert limits["now"] == (65536, 65536)
+    assert [e["limit"] for e in events] == [65536]
+
+
+def test_connections_follow_the_open_file_limit() -> None:
+    assert compose.connections_for(65536) == (65536 - compose.RESERVED_FDS) // 2
+    assert compose.connections_for(10) == 16
+
+
+class PoolReactor(MemoryReactorClock):
+    def getThreadPool(self) -> ThreadPool:
+        return ThreadPool()
+
+
+def test_service_has_a_listener_per_endpoint(tmp_path: object) -> None:
+    reactor = PoolReactor()
+    config = Config(listen=("tcp:2600:interface=127.0.0.1", "tcp:2601:interface=127.0.0.1"),
+                    queue_dir=str(tmp_path), hostname="mx.example.com")
+    service = compose.build_mail_service(config, reactor, max_connections=50)
+    assert isinstance(service, MailService)
+    assert [s.description for s in service.listeners] == list(config.listen)
+    for listener in service.listeners:
+        assert listener.factory.settings.max_connections == 50
+        assert listener.factory.settings.hostname == "mx.example.com"
