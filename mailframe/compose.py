@@ -4,8 +4,12 @@ place where the parts are chosen and wired together.
 
 Embed mailframe in a larger Twisted application with::
 
-    service = build_mail_service(Config(...), reactor)
+    config = settings_from({"hostname": "mx.example.com", "listen": ["tcp:2525"]})
+    service = build_mail_service(config, reactor)
     service.setServiceParent(application)
+
+:func:`~mailframe.config.settings_from` checks every value the way a config
+file is checked.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from mailframe.config import Config
 from mailframe.core import Limits
 from mailframe.interfaces import IPolicy
 from mailframe.policies import LocalRecipients, RelayControl
-from mailframe.protocols.server import ServerSettings, SMTPServerFactory
+from mailframe.protocols.server import ConnectionCounts, ServerSettings, SMTPServerFactory
 from mailframe.routing import LocalRouter
 from mailframe.services import MailService, QueueRunner
 from mailframe.services.listener import ListeningService
@@ -94,6 +98,7 @@ def build_mail_service(
     transports = {"maildir": MaildirTransport(store, reactor, reactor.getThreadPool())}
     runner = QueueRunner(store, router, transports, reactor, random=rng)
     listeners = []
+    counts = ConnectionCounts()
     for index, description in enumerate(config.listen):
         settings = ServerSettings(
             hostname=config.hostname,
@@ -105,7 +110,7 @@ def build_mail_service(
             name=f"smtp{index}" if index else "smtp",
         )
         factory = SMTPServerFactory(
-            settings, store, chain, reactor, on_queued=lambda _: runner.wake()
+            settings, store, chain, reactor, on_queued=lambda _: runner.wake(), counts=counts
         )
         endpoint = serverFromString(reactor, description)
         listeners.append(ListeningService(endpoint, factory, description))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.plugin import IPlugin
 from zope.interface import Attribute, Interface
 
 __all__ = [
@@ -245,10 +246,11 @@ class IResolver(Interface):
         """The TXT records of *name*, each one string."""
 
 
-class IComponentMaker(Interface):
+class IComponentMaker(IPlugin):
     """
     Builds one kind of component; found as a Twisted plugin in
-    :mod:`mailframe.plugins`.
+    :mod:`mailframe.plugins` by
+    ``twisted.plugin.getPlugins(IComponentMaker, mailframe.plugins)``.
     """
 
     kind = Attribute('"policy", "router", "transport" or "store".')

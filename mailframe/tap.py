@@ -46,18 +46,15 @@ class Options(usage.Options):
         self["relay-network"] = []
 
     def opt_listen(self, endpoint: str) -> None:
-        """A server endpoint string to listen on; repeatable (default:
-        tcp:2525:interface=127.0.0.1)."""
+        """An endpoint to listen on (repeatable; default tcp:2525:interface=127.0.0.1)."""
         self["listen"].append(endpoint)
 
     def opt_local_domain(self, value: str) -> None:
-        """DOMAIN=DIR: deliver DOMAIN's mail into the Maildirs DIR/<local-part>/;
-        repeatable (default: localhost=Maildir)."""
+        """DOMAIN=DIR: mail for DOMAIN goes to DIR/<local-part>/ (repeatable)."""
         self["local-domain"].append(value)
 
     def opt_relay_network(self, value: str) -> None:
-        """A client network (CIDR) that may relay, or "none"; repeatable
-        (default: loopback)."""
+        """A network (CIDR) that may relay, or none (repeatable; default loopback)."""
         self["relay-network"].append(value)
 
     def postOptions(self) -> None:

@@ -32,7 +32,7 @@ from mailframe.protocols._chain import ask_policies
 from mailframe.reply import Reply
 from mailframe.verdict import Action, Verdict
 
-__all__ = ["ServerSettings", "SMTPServerFactory", "SMTPServerProtocol"]
+__all__ = ["ConnectionCounts", "ServerSettings", "SMTPServerFactory", "SMTPServerProtocol"]
 
 #: RFC 5321 §4.5.3.2.7: the server waits at least 5 minutes for a command.
 MIN_IDLE_TIMEOUT = 300.0
@@ -63,6 +63,7 @@ class ServerSettings:
         the per-client limit (Postfix's
         ``smtpd_client_event_limit_exceptions``).
     :ivar name: the listener's name, in ``ClientInfo.listener`` and the logs.
+    :ivar extensions: extra EHLO keywords to advertise.
     """
 
     hostname: str
@@ -510,16 +511,39 @@ def _verdict_reply(
     return pick(verdict)
 
 
+class ConnectionCounts:
+    """
+    Sessions counted in total and per client address, shared by the
+    listeners of one server so that their limits hold for all of them.
+    """
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.per_client: Counter[str] = Counter()
+
+    def add(self, address: str) -> None:
+        self.total += 1
+        self.per_client[address] += 1
+
+    def remove(self, address: str) -> None:
+        self.total -= 1
+        self.per_client[address] -= 1
+        if self.per_client[address] <= 0:
+            del self.per_client[address]
+
+
 class SMTPServerFactory(Factory):
     """
     Builds :class:`SMTPServerProtocol` sessions for one listener, and keeps
-    the listener's connection limits.
+    the connection limits.
 
     :param settings: the listener's settings.
     :param store: the queue store that messages are written to.
     :param policies: the policies asked at each step, in order.
     :param clock: the clock for timeouts and ``Received:`` dates.
     :param on_queued: called with each new queue id once it is committed.
+    :param counts: session counts shared with the server's other listeners;
+        by default this listener counts its own.
     """
 
     protocol = SMTPServerProtocol
@@ -531,6 +555,7 @@ class SMTPServerFactory(Factory):
         policies: Sequence[Any],
         clock: interfaces.IReactorTime,
         on_queued: Callable[[str], None] | None = None,
+        counts: ConnectionCounts | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -539,7 +564,7 @@ class SMTPServerFactory(Factory):
         self.shutting_down = False
         self._on_queued = on_queued
         self._sessions: set[SMTPServerProtocol] = set()
-        self._per_client: Counter[str] = Counter()
+        self._counts = counts if counts is not None else ConnectionCounts()
         self._drained: list[Deferred[None]] = []
 
     def buildProtocol(self, addr: object) -> SMTPServerProtocol:
@@ -554,29 +579,28 @@ class SMTPServerFactory(Factory):
     def admit(self, session: SMTPServerProtocol) -> str | None:
         """Count a new session; the reason to refuse it, or ``None``."""
         address = session.client.address
-        if len(self._sessions) >= self.settings.max_connections:
+        counts = self._counts
+        if counts.total >= self.settings.max_connections:
             return "Error: too many connections"
-        if (address and self._per_client[address] >= self.settings.max_per_client
+        if (address and counts.per_client[address] >= self.settings.max_per_client
                 and not _exempt(address, self.settings.limit_exemptions)):
             return f"Error: too many connections from {address}"
         self._sessions.add(session)
-        self._per_client[address] += 1
+        counts.add(address)
         return None
 
     def forget(self, session: SMTPServerProtocol) -> None:
         """A session ended."""
         if session in self._sessions:
             self._sessions.discard(session)
-            address = session.client.address
-            self._per_client[address] -= 1
-            if self._per_client[address] <= 0:
-                del self._per_client[address]
+            self._counts.remove(session.client.address)
         if not self._sessions:
             drained, self._drained = self._drained, []
             for d in drained:
                 d.callback(None)
 
     def queued(self, queue_id: str) -> None:
+        """A session committed *queue_id*."""
         if self._on_queued is not None:
             self._on_queued(queue_id)
 

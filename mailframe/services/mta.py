@@ -40,8 +40,8 @@ class MailService(MultiService):
     :param runner: the queue runner.
     :param grace: seconds given to connected sessions on shutdown.
 
-    :ivar ready: fires once the queue is recovered and the listeners have
-        been started; fails if recovery failed.
+    :ivar ready: fires once the queue is recovered and every listener
+        listens; fails if recovery failed or a listener could not listen.
     """
 
     log = Logger()

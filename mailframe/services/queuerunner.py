@@ -31,6 +31,9 @@ NO_TRANSPORT = "no outbound transport yet"
 
 class QueueRunner(Service):
     """
+    Delivers what is due in the queue, a batch at a time, and sleeps until
+    woken or until the next poll.
+
     :param store: the queue.
     :param router: decides each recipient's route.
     :param transports: the delivery transports by name.

@@ -448,3 +448,24 @@ class LogEventTests(SynchronousTestCase):
         self.assertEqual(accepted["reply"], f"250 2.0.0 Ok: queued as {queue_id}")
         self.assertEqual(refused[0]["recipient"], "x@elsewhere.example")
         self.assertTrue(refused[0]["reply"].startswith("554 5.7.1"))
+
+
+class SharedLimitTests(SynchronousTestCase):
+    def test_listeners_share_the_total(self) -> None:
+        from mailframe.protocols.server import ConnectionCounts
+
+        counts = ConnectionCounts()
+        clock = MemoryReactorClock()
+        store = MemoryQueueStore(clock)
+        factories = [
+            SMTPServerFactory(ServerSettings(hostname="mx.example.com", max_connections=2),
+                              store, [], clock, counts=counts)
+            for _ in range(2)
+        ]
+        first, _ = connect(factories[0])
+        connect(factories[1], host="192.0.2.4")
+        _, refused = connect(factories[1], host="192.0.2.5")
+        self.assertEqual(take(refused), ["421 4.7.0 mx.example.com Error: too many connections"])
+        first.connectionLost()
+        _, admitted = connect(factories[1], host="192.0.2.6")
+        self.assertTrue(take(admitted)[0].startswith("220 "))
