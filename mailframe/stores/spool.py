@@ -287,12 +287,17 @@ class SpoolQueueStore:
         """
         Record the results of an attempt, and fire once they are durable:
         the ``.env`` file is rewritten, or, when no recipient is left
-        pending, both files are removed.
+        pending, both files are removed. When no recipient changed state
+        (every result was transient), nothing is written: only the attempt
+        count changed, and the :meth:`reschedule` that follows writes it.
         """
         try:
+            before = self._index.require(queue_id).recipients
             entry = self._index.record(queue_id, results)
         except Exception:
             return defer.fail()
+        if entry.recipients == before:
+            return defer.succeed(None)
         if entry.pending:
             return self._persist(entry)
         self._index.remove(queue_id)
