@@ -6,18 +6,22 @@ Layout under the spool's directory:
 ``tmp/``
     messages being received, and envelope files being rewritten;
 ``queue/``
-    ``<id>.msg``, the message exactly as it was written, and ``<id>.env``,
-    its envelope and delivery state as JSON. An entry exists if and only if
-    its ``.env`` file is here;
+    ``<id>.msg``, the message exactly as it was written, followed by a
+    trailer that holds the entry as it was committed (its envelope, as
+    JSON, then the JSON's length and a magic number); and, once its
+    delivery state has changed, ``<id>.env``, the entry as it is now, which
+    then takes precedence over the trailer. An entry exists if and only if
+    its ``.msg`` file is here;
 ``quarantine/``
     entries set aside because they could not be read, or by an operator.
 
 Durability: the server answers ``250`` only after the commit Deferred fires
 (see :class:`~mailframe.interfaces.IQueueWriter`), and a commit fires only
-after the message and its envelope were each written and ``fsync``\\ ed, renamed
-into ``queue/`` (message first, so an envelope never points to a missing
-message), and ``queue/`` itself was ``fsync``\\ ed: before that, a crash could
-lose the new names. Commits that finish while a directory ``fsync`` runs
+after the message and its envelope were written into one file and
+``fsync``\\ ed, the file was renamed into ``queue/``, and ``queue/`` itself
+was ``fsync``\\ ed: before that, a crash could lose the new name. One file
+makes one ``fsync`` per message, and the message and its envelope appear
+together or not at all. Commits that finish while a directory ``fsync`` runs
 share the next one (group commit), so a busy server pays far fewer than one
 directory ``fsync`` per message. Every ``fsync``, and all file I/O larger
 than a ``stat``, runs in a thread pool and never on the reactor thread.
@@ -31,9 +35,11 @@ crash can deliver a message twice but never loses one.
 from __future__ import annotations
 
 import enum
+import io
 import os
 import re
 import shutil
+import struct
 import threading
 from collections.abc import Callable, Iterable
 from random import SystemRandom
@@ -74,6 +80,11 @@ __all__ = ["DEFAULT_MIN_FREE", "WRITE_CHUNK", "SpoolQueueStore", "SpoolReactor"]
 DEFAULT_MIN_FREE = 64 * 1024 * 1024
 #: A writer buffers this many octets in memory before a thread writes them.
 WRITE_CHUNK = 64 * 1024
+
+#: The end of every committed ``.msg``: the length of the entry's JSON
+#: before it, and this magic number.
+_TRAILER = struct.Struct(">Q8s")
+_MAGIC = b"MFENTRY1"
 
 _log = Logger(namespace="mailframe.stores.spool")
 _P = ParamSpec("_P")
@@ -221,7 +232,7 @@ class SpoolQueueStore:
                 )
             _log.info(
                 "Spool {path} recovered: {count} entries; removed {partial} partial writes,"
-                " {orphans} orphan messages and {finished} finished entries",
+                " {orphans} half-removed entries and {finished} finished entries",
                 path=self.path,
                 count=len(self._index),
                 partial=scan.partial,
@@ -270,7 +281,7 @@ class SpoolQueueStore:
         first = self._directory(entry)
         other = self._layout.queue if first == self._layout.quarantine else self._layout.quarantine
         paths = [self._layout.file(d, queue_id, ".msg") for d in (first, other)]
-        return self._in_thread(_open_first, paths)
+        return self._in_thread(_open_first, paths, entry.size)
 
     def claim(self, now: float, limit: int, lease: float) -> Deferred[_Entries]:
         """Leases are kept in memory only: a claim writes nothing."""
@@ -483,15 +494,17 @@ class SpoolQueueStore:
         os.rename(temporary, self._layout.file(directory, queue_id, ".env"))
 
     def _unlink_entry(self, directory: str, queue_id: str) -> None:
-        # The .env first: once it is gone the entry is, and recovery removes
-        # a .msg left behind.
-        _unlink(self._layout.file(directory, queue_id, ".env"))
+        # The .msg first: once it is gone the entry is, and recovery removes
+        # an .env left behind.
         _unlink(self._layout.file(directory, queue_id, ".msg"))
+        _unlink(self._layout.file(directory, queue_id, ".env"))
 
     def _move_to_quarantine(self, queue_id: str, document: bytes) -> None:
+        # The new .env first: recovery finishes a quarantine that has it.
         layout = self._layout
         temporary = layout.file(layout.tmp, queue_id, ".env")
         self._write_durably(temporary, document)
+        os.rename(temporary, layout.file(layout.quarantine, queue_id, ".env"))
         try:
             os.rename(
                 layout.file(layout.queue, queue_id, ".msg"),
@@ -499,7 +512,6 @@ class SpoolQueueStore:
             )
         except FileNotFoundError:
             pass  # a missing message may be why it is quarantined
-        os.rename(temporary, layout.file(layout.quarantine, queue_id, ".env"))
 
     def _scan(self) -> _Scan:
         layout = self._layout
@@ -517,23 +529,22 @@ class SpoolQueueStore:
         held = _list_entries(layout.quarantine)
         moved = False
         for queue_id, suffixes in sorted(_list_entries(layout.queue).items()):
-            if ".env" not in suffixes:
-                if held.get(queue_id) == {".env"}:
-                    # Only a quarantine moves a message out of queue/.
-                    self._finish_quarantine(queue_id, suffixes, held[queue_id])
-                    moved = True
-                else:
-                    _unlink(layout.file(layout.queue, queue_id, ".msg"))
-                    scan.orphans += 1
-            elif ".env" in held.get(queue_id, ()):
-                self._finish_quarantine(queue_id, suffixes, held[queue_id])
+            held_suffixes = held.get(queue_id, set())
+            if ".env" in held_suffixes:
+                # A quarantine stopped after its new .env was in place.
+                self._finish_quarantine(queue_id, suffixes, held_suffixes)
                 moved = True
             elif ".msg" not in suffixes:
-                interrupted = ".msg" in held.get(queue_id, ())
-                reason = "quarantine interrupted" if interrupted else "message file missing"
-                scan.quarantined.append((queue_id, reason))
-                self._quarantine_at_start(queue_id, reason)
-                moved = True
+                if ".msg" in held_suffixes:
+                    # Only a quarantine moves a message out of queue/.
+                    reason = "quarantine interrupted"
+                    scan.quarantined.append((queue_id, reason))
+                    self._quarantine_at_start(queue_id, reason)
+                    moved = True
+                else:
+                    # A removal stopped between its unlinks (.msg goes first).
+                    _unlink(layout.file(layout.queue, queue_id, ".env"))
+                    scan.orphans += 1
             else:
                 moved |= self._load(queue_id, scan)
         if moved:
@@ -543,13 +554,24 @@ class SpoolQueueStore:
                 scan.entries.append(self._load_quarantined(queue_id))
         return scan
 
+    def _document(self, queue_id: str) -> bytes:
+        """
+        The entry's JSON as it is now: its ``.env`` if it has one, else the
+        trailer of its ``.msg``.
+
+        :raises CorruptEntryError: when neither can be read.
+        """
+        layout = self._layout
+        try:
+            with open(layout.file(layout.queue, queue_id, ".env"), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return _read_trailer(layout.file(layout.queue, queue_id, ".msg"))
+
     def _load(self, queue_id: str, scan: _Scan) -> bool:
         """Load one entry of ``queue/``; ``True`` if it was moved to quarantine."""
-        path = self._layout.file(self._layout.queue, queue_id, ".env")
-        with open(path, "rb") as f:
-            data = f.read()
         try:
-            entry = entry_from_json(data, queue_id)
+            entry = entry_from_json(self._document(queue_id), queue_id)
         except CorruptEntryError as e:
             reason = f"unreadable envelope: {e}"
             scan.quarantined.append((queue_id, reason))
@@ -570,8 +592,10 @@ class SpoolQueueStore:
         layout = self._layout
         queue_env = layout.file(layout.queue, queue_id, ".env")
         held_env = layout.file(layout.quarantine, queue_id, ".env")
-        with open(queue_env, "rb") as f:
-            data = f.read()
+        try:
+            data = self._document(queue_id)
+        except (CorruptEntryError, FileNotFoundError):
+            data = b""
         try:
             entry = entry_from_json(data, queue_id)
         except CorruptEntryError:
@@ -581,6 +605,9 @@ class SpoolQueueStore:
             if entry.state is not EntryState.QUARANTINE:
                 entry = attrs.evolve(entry, state=EntryState.QUARANTINE, reason=reason)
             document = entry_to_json(entry)
+        temporary = layout.file(layout.tmp, queue_id, ".env")
+        self._write_durably(temporary, document)
+        os.rename(temporary, held_env)
         try:
             os.rename(
                 layout.file(layout.queue, queue_id, ".msg"),
@@ -588,9 +615,6 @@ class SpoolQueueStore:
             )
         except FileNotFoundError:
             pass
-        temporary = layout.file(layout.tmp, queue_id, ".env")
-        self._write_durably(temporary, document)
-        os.rename(temporary, held_env)
         self._fsync_dir(layout.quarantine)
         _unlink(queue_env)
 
@@ -869,14 +893,11 @@ class _SpoolWriter:
         layout = store._layout
         if self._fd is None:
             self._fd = _create(self._file(layout.tmp, ".msg"))
-        _write_all(self._fd, data)
+        _write_all(self._fd, data + document + _TRAILER.pack(len(document), _MAGIC))
         store._fsync(self._fd)
         fd, self._fd = self._fd, None
         os.close(fd)
-        store._write_durably(self._file(layout.tmp, ".env"), document)
-        # The message first: an .env in queue/ always has its message.
         os.rename(self._file(layout.tmp, ".msg"), self._file(layout.queue, ".msg"))
-        os.rename(self._file(layout.tmp, ".env"), self._file(layout.queue, ".env"))
 
     def _remove_files(self, committed: bool) -> None:
         if self._fd is not None:
@@ -947,13 +968,59 @@ def _remove_tree(path: str) -> None:
         _unlink(path)
 
 
-def _open_first(paths: list[str]) -> BinaryIO:
+class _MessageFile(io.RawIOBase):
+    """The first *size* octets of a ``.msg`` file: the message, not its trailer."""
+
+    def __init__(self, raw: io.FileIO, size: int) -> None:
+        super().__init__()
+        self._raw = raw
+        self._left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._left <= 0:
+            return 0
+        view = memoryview(buffer).cast("B")[: self._left]
+        count = self._raw.readinto(view) or 0
+        self._left -= count
+        return count
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+def _open_first(paths: list[str], size: int) -> BinaryIO:
+    """The message of the first of *paths* that exists, *size* octets long."""
     for path in paths[:-1]:
         try:
-            return open(path, "rb")
+            raw = io.FileIO(path, "rb")
+            break
         except FileNotFoundError:
             pass
-    return open(paths[-1], "rb")
+    else:
+        raw = io.FileIO(paths[-1], "rb")
+    return cast(BinaryIO, io.BufferedReader(_MessageFile(raw, size)))
+
+
+def _read_trailer(path: str) -> bytes:
+    """
+    The entry JSON at the end of a committed ``.msg``.
+
+    :raises CorruptEntryError: when the file has no valid trailer.
+    """
+    with open(path, "rb") as f:
+        end = f.seek(0, os.SEEK_END)
+        if end < _TRAILER.size:
+            raise CorruptEntryError("the message file has no envelope trailer")
+        f.seek(end - _TRAILER.size)
+        length, magic = _TRAILER.unpack(f.read(_TRAILER.size))
+        if magic != _MAGIC or length > end - _TRAILER.size:
+            raise CorruptEntryError("the message file has no envelope trailer")
+        f.seek(end - _TRAILER.size - length)
+        return f.read(length)
 
 
 def _list_entries(directory: str) -> dict[str, set[str]]:

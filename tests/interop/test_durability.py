@@ -7,7 +7,8 @@ Durability before ``250``, checked by tracing the real server's system calls.
 system calls: for every message acknowledged with ``250 ... queued as ID``,
 before the socket write of that reply began,
 
-- ``fsync`` of the message's own files (``ID.msg`` and ``ID.env``) returned;
+- ``fsync`` of the message's own file (``ID.msg``, which ends with the
+  entry's envelope) returned;
 - an ``fsync`` of the spool's ``queue/`` directory that started after the
   entry's last rename into ``queue/`` returned;
 
@@ -220,7 +221,7 @@ def check_trace(
         acks = [c for c in socket_writes if f"queued as {queue_id}\\r\\n" in c.args]
         assert len(acks) == 1, f"{queue_id}: {len(acks)} socket writes of its 250"
         ack = acks[0]
-        for suffix in (".msg", ".env"):
+        for suffix in (".msg",):
             own = [c for c in fsyncs if c.ok and c.end is not None and c.fd_path in (
                 f"{tmp_dir}/{queue_id}{suffix}", f"{queue_dir}/{queue_id}{suffix}")]
             assert own, f"{queue_id}{suffix} was never fsynced"
@@ -228,8 +229,7 @@ def check_trace(
                 f"{queue_id}{suffix}: fsync returned after the 250 was written")
         into_queue = [c for c in renames if c.paths()
                       and c.paths()[-1].startswith(f"{queue_dir}/{queue_id}.")]
-        assert {c.paths()[-1] for c in into_queue} == {
-            f"{queue_dir}/{queue_id}.msg", f"{queue_dir}/{queue_id}.env"}, into_queue
+        assert {c.paths()[-1] for c in into_queue} == {f"{queue_dir}/{queue_id}.msg"}, into_queue
         last_rename = max(c.end for c in into_queue if c.end is not None)
         assert last_rename < ack.start, f"{queue_id}: renamed after its 250"
         syncs = [c for c in dir_syncs if c.start > last_rename]
@@ -247,9 +247,8 @@ def check_trace(
 _SYNTHETIC = """\
 100 10:00:00.000000 execve("/venv/bin/twistd", ["twistd"], 0x1 /* 1 vars */) = 0
 101 10:00:00.000010 fsync(7</q/tmp/ID1.msg>) = 0
-101 10:00:00.000020 fsync(7</q/tmp/ID1.env>) = 0
+101 10:00:00.000020 close(7</q/tmp/ID1.msg>) = 0
 101 10:00:00.000030 rename("/q/tmp/ID1.msg", "/q/queue/ID1.msg") = 0
-101 10:00:00.000040 rename("/q/tmp/ID1.env", "/q/queue/ID1.env") = 0
 {early}101 10:00:00.000050 fsync(7</q/queue> <unfinished ...>
 100 10:00:00.000055 write(9<TCP:[127.0.0.1:25->127.0.0.1:4000]>, "250 2.1.5 OK\\r\\n", 14) = 14
 {ack}101 10:00:00.000060 <... fsync resumed>) = 0
@@ -269,11 +268,11 @@ def test_the_trace_check_itself(where: str, good: bool) -> None:
         return check_trace(calls, ["ID1"], 100, "/q/queue", "/q/tmp")
 
     if good:
-        assert check() == (1, 1, 3)
+        assert check() == (1, 1, 2)
     else:
         with pytest.raises(AssertionError):
             check()
     # An fsync on the reactor thread fails the check too.
     with pytest.raises(AssertionError, match="reactor thread"):
-        check_trace(parse_trace(text.replace("101 10:00:00.000020", "100 10:00:00.000020")),
+        check_trace(parse_trace(text.replace("101 10:00:00.000010", "100 10:00:00.000010")),
                     ["ID1"], 100, "/q/queue", "/q/tmp")

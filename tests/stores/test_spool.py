@@ -33,6 +33,7 @@ from mailframe.envelope import (
 from mailframe.reply import Reply
 from mailframe.stores import SpoolQueueStore
 from mailframe.stores._serialize import entry_from_json, entry_to_json
+from mailframe.stores.spool import _read_trailer
 from mailframe.testing._fakes import envelope
 from mailframe.testing._store_contract import QueueStoreContract
 
@@ -60,6 +61,13 @@ def temp_dir(test: TestCase | SynchronousTestCase) -> str:
     path = tempfile.mkdtemp(prefix="mailframe-spool-")
     test.addCleanup(shutil.rmtree, path, True)
     return os.path.join(path, "spool")
+
+
+def message_in(path: str) -> bytes:
+    """The message of a committed ``.msg`` file, without its trailer."""
+    with open(path, "rb") as f:
+        data = f.read()
+    return data[: len(data) - len(_read_trailer(path)) - 16]
 
 
 def listing(path: str) -> list[str]:
@@ -121,8 +129,16 @@ class SpoolTests(TestCase):
         return os.path.join(self.path, name, queue_id + suffix)
 
     def read_env(self, name: str, queue_id: str) -> QueueEntry:
-        with open(self.file(name, queue_id, ".env"), "rb") as f:
-            return entry_from_json(f.read(), queue_id)
+        """The entry as its ``.env`` has it, or else its message's trailer."""
+        try:
+            with open(self.file(name, queue_id, ".env"), "rb") as f:
+                return entry_from_json(f.read(), queue_id)
+        except FileNotFoundError:
+            return entry_from_json(_read_trailer(self.file(name, queue_id, ".msg")), queue_id)
+
+    def read_message(self, name: str, queue_id: str) -> bytes:
+        """The message in a ``.msg`` file, without the trailer."""
+        return message_in(self.file(name, queue_id, ".msg"))
 
     def write_file(self, name: str, file_name: str, data: bytes) -> None:
         with open(os.path.join(self.path, name, file_name), "wb") as f:
@@ -135,12 +151,22 @@ class SpoolTests(TestCase):
         store = yield self.recovered()
         data = b"x" * 200_000 + b"\r\n.\r\n"
         queue_id = yield self.commit(store, data)
-        self.assertEqual(listing(self.dir("queue")), [queue_id + ".env", queue_id + ".msg"])
+        # One file: the message, then the entry as committed.
+        self.assertEqual(listing(self.dir("queue")), [queue_id + ".msg"])
         self.assertEqual(listing(self.dir("tmp")), [])
         self.assertEqual(listing(self.dir("quarantine")), [])
-        with open(self.file("queue", queue_id, ".msg"), "rb") as f:
-            self.assertEqual(f.read(), data)
+        self.assertEqual(self.read_message("queue", queue_id), data)
         self.assertEqual(self.read_env("queue", queue_id), (yield store.get(queue_id)))
+        message = yield store.open_message(queue_id)
+        try:
+            self.assertEqual(message.read(), data)
+            self.assertEqual(message.read(), b"")
+        finally:
+            message.close()
+        # A change of state writes the .env, which then takes precedence.
+        yield store.hold(queue_id, "looking")
+        self.assertEqual(listing(self.dir("queue")), [queue_id + ".env", queue_id + ".msg"])
+        self.assertEqual(self.read_env("queue", queue_id).state, EntryState.HOLD)
 
     @inlineCallbacks
     def test_recover_first(self) -> _Test:
@@ -232,18 +258,23 @@ class SpoolTests(TestCase):
         in_flight = store.open_writer()
         in_flight.write(b"y" * 100_000)
         yield store.wait_idle()
-        # What a crash leaves: a message being received, a commit stopped
-        # between its renames, and other debris in tmp/.
+        # What a crash leaves: a message being received, a removal stopped
+        # between its unlinks, and other debris in tmp/.
         self.assertEqual(listing(self.dir("tmp")), [in_flight.queue_id + ".msg"])
         self.write_file("tmp", "ORPHANENV.env", b"{}")
         os.mkdir(os.path.join(self.dir("tmp"), "junk"))
-        self.write_file("queue", "HALFCOMMITTED.msg", b"Subject: never acknowledged\r\n")
+        self.write_file("queue", "HALFREMOVED.env", b"{}")
         self.write_file("queue", "README", b"not ours")
+        # A message file with no entry at its end is not ours to delete.
+        self.write_file("queue", "STRAY.msg", b"Subject: who wrote this?\r\n")
 
         restarted = self.make()
-        self.assertEqual((yield restarted.recover()), 3)
+        self.assertEqual((yield restarted.recover()), 4)
         self.assertEqual(listing(self.dir("tmp")), [])
-        self.assertNotIn("HALFCOMMITTED.msg", listing(self.dir("queue")))
+        self.assertNotIn("HALFREMOVED.env", listing(self.dir("queue")))
+        self.assertNotIn("STRAY.msg", listing(self.dir("queue")))
+        self.assertIn("STRAY.msg", listing(self.dir("quarantine")))
+        self.assertEqual((yield restarted.get("STRAY")).state, EntryState.QUARANTINE)
         self.assertIn("README", listing(self.dir("queue")))
         now = reactor.seconds()
         for queue_id in (leased, partial):
@@ -267,15 +298,14 @@ class SpoolTests(TestCase):
         good = yield self.commit(store)
         self.write_file("queue", "GARBAGE.env", b"\x00not json")
         self.write_file("queue", "GARBAGE.msg", b"Subject: lost\r\n")
-        with open(self.file("queue", good, ".env"), "rb") as f:
-            document = f.read()
+        document = _read_trailer(self.file("queue", good, ".msg"))
         # A good envelope under another file's name is damage too.
         self.write_file("queue", "MISNAMED.env", document)
         self.write_file("queue", "MISNAMED.msg", MESSAGE)
 
         restarted = self.make()
         self.assertEqual((yield restarted.recover()), 3)
-        self.assertEqual(listing(self.dir("queue")), [good + ".env", good + ".msg"])
+        self.assertEqual(listing(self.dir("queue")), [good + ".msg"])
         self.assertEqual(
             listing(self.dir("quarantine")),
             ["GARBAGE.env", "GARBAGE.msg", "MISNAMED.env", "MISNAMED.msg"],
@@ -295,46 +325,39 @@ class SpoolTests(TestCase):
         self.assertEqual(listing(self.dir("quarantine")), ["MISNAMED.env", "MISNAMED.msg"])
 
     @inlineCallbacks
-    def test_recovery_quarantines_missing_messages(self) -> _Test:
+    def test_recovery_finishes_interrupted_removals(self) -> _Test:
+        """A removal unlinks the .msg first; an .env left alone is removed."""
         store = yield self.recovered()
         queue_id = yield self.commit(store)
+        yield store.hold(queue_id, "looking")
         os.unlink(self.file("queue", queue_id, ".msg"))
         restarted = self.make()
-        self.assertEqual((yield restarted.recover()), 1)
-        entry = yield restarted.get(queue_id)
-        self.assertEqual(
-            (entry.state, entry.reason), (EntryState.QUARANTINE, "message file missing")
-        )
-        self.assertEqual(entry.envelope, two_recipients())
-        self.assertEqual(listing(self.dir("quarantine")), [queue_id + ".env"])
-        self.assertEqual(self.read_env("quarantine", queue_id).reason, "message file missing")
+        self.assertEqual((yield restarted.recover()), 0)
+        self.assertEqual(listing(self.dir("queue")), [])
+        self.assertIsNone((yield restarted.get(queue_id)))
 
     @inlineCallbacks
     def test_recovery_finishes_interrupted_quarantines(self) -> _Test:
         store = yield self.recovered()
-        moved_message = yield self.commit(store)
+        env_only = yield self.commit(store)
         moved_both = yield self.commit(store)
-        # Stopped after the message moved:
-        os.rename(
-            self.file("queue", moved_message, ".msg"),
-            self.file("quarantine", moved_message, ".msg"),
-        )
-        # Stopped after the new .env was in place, before the old one went:
+        # Stopped after the new .env was in place, before the message moved:
+        entry = yield store.get(env_only)
+        held = attrs.evolve(entry, state=EntryState.QUARANTINE, reason="operator")
+        self.write_file("quarantine", env_only + ".env", entry_to_json(held))
+        # Stopped after both moved, before the old .env went:
+        yield store.hold(moved_both, "looking")
+        with open(self.file("queue", moved_both, ".env"), "rb") as f:
+            old = f.read()
         yield store.quarantine(moved_both, "operator")
-        with open(self.file("quarantine", moved_both, ".env"), "rb") as f:
-            document = f.read()
-        self.write_file("queue", moved_both + ".env", document)
+        self.write_file("queue", moved_both + ".env", old)
 
         restarted = self.make()
         self.assertEqual((yield restarted.recover()), 2)
         self.assertEqual(listing(self.dir("queue")), [])
-        entry = yield restarted.get(moved_message)
-        self.assertEqual(
-            (entry.state, entry.reason), (EntryState.QUARANTINE, "quarantine interrupted")
-        )
-        entry = yield restarted.get(moved_both)
-        self.assertEqual((entry.state, entry.reason), (EntryState.QUARANTINE, "operator"))
-        for queue_id in (moved_message, moved_both):
+        for queue_id in (env_only, moved_both):
+            entry = yield restarted.get(queue_id)
+            self.assertEqual((entry.state, entry.reason), (EntryState.QUARANTINE, "operator"))
             message = yield restarted.open_message(queue_id)
             with message:
                 self.assertEqual(message.read(), MESSAGE)
@@ -421,7 +444,7 @@ class SpoolTests(TestCase):
         for d in commits:
             ids.append((yield d))
         self.assertEqual(store.stats_dir_fsyncs - before, 2)
-        self.assertEqual(len(listing(self.dir("queue"))), 20)
+        self.assertEqual(len(listing(self.dir("queue"))), 10)
         self.assertEqual(len((yield store.list())), 10)
 
     @inlineCallbacks
@@ -438,7 +461,8 @@ class SpoolTests(TestCase):
         dir_fsyncs = store.stats_dir_fsyncs - before_dirs
         self.assertLess(dir_fsyncs, count)
         self.assertGreaterEqual(dir_fsyncs, 1)
-        self.assertEqual(store.stats_fsyncs - before_all, 2 * count + dir_fsyncs)
+        # One fsync per message file, and the shared directory fsyncs.
+        self.assertEqual(store.stats_fsyncs - before_all, count + dir_fsyncs)
 
     @inlineCallbacks
     def test_back_pressure_with_a_busy_thread(self) -> _Test:
@@ -459,8 +483,7 @@ class SpoolTests(TestCase):
         self.assertEqual(producer.calls, ["pause", "resume"])
         writer.unregisterProducer()
         queue_id = yield writer.commit(two_recipients())
-        with open(self.file("queue", queue_id, ".msg"), "rb") as f:
-            self.assertEqual(f.read(), chunk * 64)
+        self.assertEqual(self.read_message("queue", queue_id), chunk * 64)
 
     # -- space ---------------------------------------------------------------------
 
@@ -604,9 +627,7 @@ class SpoolStepTests(SynchronousTestCase):
             events,
             [
                 ("fsync", f"tmp/{queue_id}.msg"),
-                ("fsync", f"tmp/{queue_id}.env"),
                 ("rename", f"tmp/{queue_id}.msg", f"queue/{queue_id}.msg"),
-                ("rename", f"tmp/{queue_id}.env", f"queue/{queue_id}.env"),
                 ("fsync", "queue"),
                 ("fired", queue_id),
             ],
@@ -636,7 +657,8 @@ class SpoolStepTests(SynchronousTestCase):
         for d in commits:
             self.successResultOf(d)
         self.assertEqual(self.store.stats_dir_fsyncs - before[0], 2)
-        self.assertEqual(self.store.stats_fsyncs - before[1], 10 * 2 + 2)
+        # One fsync per message file, and the two directory fsyncs.
+        self.assertEqual(self.store.stats_fsyncs - before[1], 10 + 2)
 
     def test_state_changes_share_dir_fsyncs(self) -> None:
         ids = []
@@ -679,8 +701,8 @@ class SpoolStepTests(SynchronousTestCase):
         d = writer.commit(two_recipients())
         self.pool.run_all()
         queue_id = self.successResultOf(d)
-        with open(os.path.join(self.dir("queue"), queue_id + ".msg"), "rb") as f:
-            self.assertEqual(f.read(), chunk * 5)
+        self.assertEqual(message_in(os.path.join(self.dir("queue"), queue_id + ".msg")),
+                         chunk * 5)
         self.assertEqual(self.successResultOf(store.get(queue_id)).size, len(chunk) * 5)
 
     def test_write_error_fails_the_commit(self) -> None:
@@ -709,7 +731,7 @@ class SpoolStepTests(SynchronousTestCase):
         real_rename = os.rename
 
         def rename(src: str, dst: str) -> None:
-            if src.endswith(".env"):
+            if os.path.dirname(src) == self.dir("tmp"):
                 raise OSError(errno.EIO, "I/O error")
             real_rename(src, dst)
 
@@ -770,5 +792,5 @@ class SpoolStepTests(SynchronousTestCase):
         d = writer.commit(two_recipients())
         self.assertEqual(self.pool.run_all(), ["_append"] * 6 + ["_finish", "_fsync_dir"])
         queue_id = self.successResultOf(d)
-        with open(os.path.join(self.dir("queue"), queue_id + ".msg"), "rb") as f:
-            self.assertEqual(f.read(), b"".join(parts))
+        self.assertEqual(message_in(os.path.join(self.dir("queue"), queue_id + ".msg")),
+                         b"".join(parts))
