@@ -78,6 +78,9 @@ __all__ = ["DEFAULT_MIN_FREE", "WRITE_CHUNK", "SpoolQueueStore", "SpoolReactor"]
 #: RFC 5321 §4.2.3) with ``4.3.1`` (mail system full, RFC 3463 §3.4) instead
 #: of failing half-way through a message.
 DEFAULT_MIN_FREE = 64 * 1024 * 1024
+#: Seconds for which :meth:`SpoolQueueStore.has_room` trusts the free space
+#: it last read.
+FREE_SPACE_INTERVAL = 1.0
 #: A writer buffers this many octets in memory before a thread writes them.
 WRITE_CHUNK = 64 * 1024
 
@@ -194,6 +197,8 @@ class SpoolQueueStore:
         }
         self._recovering = False
         self._recovered = False
+        self._free: int | None = None
+        self._free_at = 0.0
 
     # -- IQueueStore --------------------------------------------------------
 
@@ -250,14 +255,18 @@ class SpoolQueueStore:
     def has_room(self, size: int) -> bool:
         """
         ``False`` when the spool's file system has less free space than
-        :attr:`min_free` or twice *size*, whichever is more. One ``statvfs``
-        on the reactor thread.
+        :attr:`min_free` or twice *size*, whichever is more. The free space
+        is read with one ``statvfs`` on the reactor thread at most every
+        :data:`FREE_SPACE_INTERVAL` seconds.
         """
-        path = self.path
-        while not os.path.exists(path) and os.path.dirname(path) != path:
-            path = os.path.dirname(path)
-        info = os.statvfs(path)
-        return info.f_bavail * info.f_frsize >= max(self.min_free, 2 * size)
+        now = self._reactor.seconds()
+        if self._free is None or not 0 <= now - self._free_at < FREE_SPACE_INTERVAL:
+            path = self.path
+            while not os.path.exists(path) and os.path.dirname(path) != path:
+                path = os.path.dirname(path)
+            info = os.statvfs(path)
+            self._free, self._free_at = info.f_bavail * info.f_frsize, now
+        return self._free >= max(self.min_free, 2 * size)
 
     def open_writer(self) -> _SpoolWriter:
         """

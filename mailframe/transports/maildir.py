@@ -40,9 +40,16 @@ def _fsync_directory(path: str) -> None:
         os.close(fd)
 
 
+#: Maildirs known to exist, so that each delivery does not make them again.
+_known: set[str] = set()
+
+
 def _ensure_maildir(directory: str) -> None:
+    if directory in _known and os.path.isdir(os.path.join(directory, "new")):
+        return
     for sub in ("tmp", "new", "cur"):
         os.makedirs(os.path.join(directory, sub), mode=0o700, exist_ok=True)
+    _known.add(directory)
 
 
 def deliver_to_maildir(directory: str, prefix: bytes, message: IO[bytes], now: float) -> str:
