@@ -19,6 +19,7 @@ import resource
 from collections.abc import Sequence
 from typing import Any
 
+from twisted.cred import strcred
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
@@ -26,7 +27,13 @@ from mailframe.config import Config
 from mailframe.core import Limits
 from mailframe.interfaces import IPolicy
 from mailframe.policies import LocalRecipients, RelayControl
-from mailframe.protocols.server import ConnectionCounts, ServerSettings, SMTPServerFactory
+from mailframe.protocols._tls import ServerTLS
+from mailframe.protocols.server import (
+    AuthFailures,
+    ConnectionCounts,
+    ServerSettings,
+    SMTPServerFactory,
+)
 from mailframe.routing import LocalRouter
 from mailframe.services import MailService, QueueRunner
 from mailframe.services.listener import ListeningService
@@ -83,23 +90,35 @@ def build_mail_service(
     rng = _random.SystemRandom()
     store = SpoolQueueStore(config.queue_dir, reactor, random=rng)
     domains = dict(config.local_domains)
-    chain: list[IPolicy] = [
-        RelayControl(domains, config.relay_networks),
-        LocalRecipients(domains, config.local_users),
-        *policies,
-    ]
+    users = LocalRecipients(domains, config.local_users)
     if config.max_connections is not None:
         max_connections = config.max_connections
     if max_connections is None:
         max_connections = connections_for(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
-    limits = Limits(max_message_size=config.max_message_size,
-                    max_recipients=config.max_recipients)
     router = LocalRouter(domains)
     transports = {"maildir": MaildirTransport(store, reactor, reactor.getThreadPool())}
     runner = QueueRunner(store, router, transports, reactor, random=rng)
-    listeners = []
+    tls = ServerTLS(config.tls_cert, config.tls_key) if config.tls_cert and config.tls_key else None
+    checker = strcred.makeChecker(config.auth_checker) if config.auth_checker else None
     counts = ConnectionCounts()
-    for index, description in enumerate(config.listen):
+    failures = AuthFailures(reactor, config.max_auth_failures, config.auth_failure_delay)
+    listeners = []
+    names: dict[str, int] = {}
+    for listener in config.effective_listeners():
+        networks = listener.relay_networks
+        chain: list[IPolicy] = [
+            RelayControl(domains, config.relay_networks if networks is None else networks),
+            users,
+            *policies,
+        ]
+        size = listener.max_message_size
+        recipients = listener.max_recipients
+        limits = Limits(
+            max_message_size=config.max_message_size if size is None else size,
+            max_recipients=config.max_recipients if recipients is None else recipients,
+        )
+        names[listener.name] = names.get(listener.name, 0) + 1
+        number = names[listener.name]
         settings = ServerSettings(
             hostname=config.hostname,
             limits=limits,
@@ -107,11 +126,17 @@ def build_mail_service(
             max_connections=max_connections,
             max_per_client=config.max_connections_per_client,
             limit_exemptions=config.connection_limit_exemptions,
-            name=f"smtp{index}" if index else "smtp",
+            name=listener.name if number == 1 else f"{listener.name}{number}",
+            tls=tls if listener.starttls is not False else None,
+            require_tls=listener.require_tls,
+            auth=listener.auth,
+            auth_without_tls=listener.auth_without_tls,
+            checker=checker if listener.auth != "none" else None,
         )
         factory = SMTPServerFactory(
-            settings, store, chain, reactor, on_queued=lambda _: runner.wake(), counts=counts
+            settings, store, chain, reactor, on_queued=lambda _: runner.wake(), counts=counts,
+            auth_failures=failures,
         )
-        endpoint = serverFromString(reactor, description)
-        listeners.append(ListeningService(endpoint, factory, description))
-    return MailService(store, listeners, runner, grace=config.shutdown_grace)
+        endpoint = serverFromString(reactor, listener.endpoint)
+        listeners.append(ListeningService(endpoint, factory, listener.endpoint))
+    return MailService(store, listeners, runner, grace=config.shutdown_grace, tls=tls)

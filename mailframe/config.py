@@ -28,6 +28,7 @@ __all__ = [
     "ComponentContext",
     "Config",
     "DEFAULT_LISTEN",
+    "ListenerConfig",
     "load_config",
     "parse_config",
     "settings_from",
@@ -61,6 +62,18 @@ class Config:
         open-file limit.
     :ivar max_connections_per_client: sessions from one address.
     :ivar connection_limit_exemptions: networks exempt from that limit.
+    :ivar tls_cert: a PEM certificate chain for STARTTLS, or ``None``.
+    :ivar tls_key: the PEM private key of *tls_cert*.
+    :ivar auth_checker: a :mod:`twisted.cred.strcred` description of the
+        checker that AUTH uses, such as ``file:/etc/mailframe/passwd``.
+    :ivar submission: endpoints of submission listeners (RFC 6409): STARTTLS
+        before AUTH, and AUTH before MAIL.
+    :ivar listeners: listeners with settings of their own (``[[listener]]``
+        tables).
+    :ivar max_auth_failures: failed AUTH attempts from one address before
+        it gets 421.
+    :ivar auth_failure_delay: seconds each failure delays the next reply,
+        times the failures so far.
     """
 
     listen: tuple[str, ...] = (DEFAULT_LISTEN,)
@@ -76,6 +89,60 @@ class Config:
     max_connections: int | None = None
     max_connections_per_client: int = 100
     connection_limit_exemptions: tuple[Any, ...] = LOOPBACK
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    auth_checker: str | None = None
+    submission: tuple[str, ...] = ()
+    listeners: tuple[ListenerConfig, ...] = ()
+    max_auth_failures: int = 3
+    auth_failure_delay: float = 1.0
+
+    def effective_listeners(self) -> tuple[ListenerConfig, ...]:
+        """
+        Every listener: those of ``listen`` (port 25 style: STARTTLS offered
+        when there is a certificate, no AUTH), those of ``submission``, and
+        the ``[[listener]]`` tables.
+        """
+        plain = tuple(ListenerConfig(endpoint) for endpoint in self.listen)
+        submission = tuple(
+            ListenerConfig(endpoint, name="submission", auth="required")
+            for endpoint in self.submission
+        )
+        return plain + submission + self.listeners
+
+
+#: What a listener offers of AUTH.
+AUTH_MODES = ("none", "offered", "required")
+
+
+@attrs.frozen
+class ListenerConfig:
+    """
+    One listener and the settings it overrides, like a ``master.cf`` line.
+
+    :ivar endpoint: a Twisted server endpoint string (``ssl:`` for implicit
+        TLS, RFC 8314).
+    :ivar name: the listener's name, in logs and ``Received:``.
+    :ivar starttls: offer STARTTLS; ``None`` offers it when a certificate
+        is configured.
+    :ivar require_tls: refuse MAIL until TLS is active.
+    :ivar auth: ``"none"``, ``"offered"``, or ``"required"`` (before MAIL).
+    :ivar auth_without_tls: offer AUTH before TLS is active.
+    :ivar relay_networks: the relay networks here, or ``None`` for the
+        server's.
+    :ivar max_message_size: the SIZE limit here, or ``None``.
+    :ivar max_recipients: the recipient limit here, or ``None``.
+    """
+
+    endpoint: str
+    name: str = "smtp"
+    starttls: bool | None = None
+    require_tls: bool = False
+    auth: str = "none"
+    auth_without_tls: bool = False
+    relay_networks: tuple[Any, ...] | None = None
+    max_message_size: int | None = None
+    max_recipients: int | None = None
 
 
 def _listen(value: Any) -> tuple[str, ...]:
@@ -172,6 +239,85 @@ def _seconds(minimum: float) -> Callable[[Any], float]:
     return check
 
 
+class _TableError(ValueError):
+    """A bad key in the *index*-th table of an array of tables."""
+
+    def __init__(self, index: int, key: str, message: str) -> None:
+        self.index = index
+        self.key = key
+        super().__init__(message)
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("expected true or false")
+    return value
+
+
+def _auth_mode(value: Any) -> str:
+    if value not in AUTH_MODES:
+        raise ValueError(f"expected one of {', '.join(AUTH_MODES)}")
+    return str(value)
+
+
+def _endpoint(value: Any) -> str:
+    return _listen(_string(value))[0]
+
+
+#: [[listener]] key -> parser
+_LISTENER_KEYS: dict[str, Callable[[Any], Any]] = {
+    "endpoint": _endpoint,
+    "name": _string,
+    "starttls": _boolean,
+    "require_tls": _boolean,
+    "auth": _auth_mode,
+    "auth_without_tls": _boolean,
+    "relay_networks": _networks,
+    "max_message_size": _integer(0),
+    "max_recipients": _integer(MIN_RECIPIENTS),
+}
+
+
+def _listeners(value: Any) -> tuple[ListenerConfig, ...]:
+    if not isinstance(value, list) or not all(isinstance(t, Mapping) for t in value):
+        raise ValueError("expected [[listener]] tables")
+    result = []
+    for index, table in enumerate(value):
+        fields: dict[str, Any] = {}
+        for key, item in table.items():
+            if key not in _LISTENER_KEYS:
+                raise _TableError(index, key, "unknown setting")
+            try:
+                fields[key] = _LISTENER_KEYS[key](item)
+            except (ValueError, TypeError) as error:
+                raise _TableError(index, key, str(error)) from None
+        if "endpoint" not in fields:
+            raise _TableError(index, "endpoint", "every listener needs an endpoint")
+        result.append(ListenerConfig(**fields))
+    return tuple(result)
+
+
+def _checker(value: Any) -> str:
+    from twisted.cred import strcred
+
+    description = _string(value)
+    try:
+        strcred.makeChecker(description)
+    except Exception as error:
+        raise ValueError(f"{description!r} is not a usable checker: {error}") from None
+    return description
+
+
+def _readable(value: Any) -> str:
+    path = _string(value)
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as error:
+        raise ValueError(f"cannot read {path}: {error.strerror}") from None
+    return path
+
+
 #: config key -> (attribute, parser)
 _KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "listen": ("listen", _listen),
@@ -189,7 +335,29 @@ _KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "max_connections": ("max_connections", _integer(1)),
     "max_connections_per_client": ("max_connections_per_client", _integer(1)),
     "connection_limit_exemptions": ("connection_limit_exemptions", _networks),
+    "tls_cert": ("tls_cert", _readable),
+    "tls_key": ("tls_key", _readable),
+    "auth_checker": ("auth_checker", _checker),
+    "submission": ("submission", _strings),
+    "listener": ("listeners", _listeners),
+    "max_auth_failures": ("max_auth_failures", _integer(1)),
+    "auth_failure_delay": ("auth_failure_delay", _seconds(0)),
 }
+
+
+def _line_in_table(text: str, table: str, index: int, key: str) -> int | None:
+    """The line of *key* in the *index*-th ``[[table]]`` of *text*."""
+    header = re.compile(rf"^[ \t]*\[\[[ \t]*{re.escape(table)}[ \t]*\]\]", re.M)
+    headers = list(header.finditer(text))
+    if index >= len(headers):
+        return None
+    start = headers[index].end()
+    following = re.compile(r"^[ \t]*\[", re.M).search(text, start)
+    end = following.start() if following else len(text)
+    name = re.escape(key)
+    match = re.compile(rf'^[ \t]*(?:{name}|"{name}")[ \t]*=', re.M).search(text, start, end)
+    position = match.start() if match else headers[index].start()
+    return text.count("\n", 0, position) + 1
 
 
 def _line_of(text: str, key: str) -> int | None:
@@ -216,9 +384,35 @@ def settings_from(
         attribute, parse = _KEYS[key]
         try:
             changes[attribute] = parse(value)
+        except _TableError as error:
+            where = _line_in_table(text, key, error.index, error.key) if text else None
+            raise ConfigError(f"{key}[{error.index + 1}].{error.key}", str(error), where) from None
         except (ValueError, TypeError) as error:
             raise ConfigError(key, str(error), line) from None
-    return attrs.evolve(base or Config(), **changes)
+    config = attrs.evolve(base or Config(), **changes)
+    _check_together(config, text)
+    return config
+
+
+def _check_together(config: Config, text: str | None) -> None:
+    """Settings that are wrong only in combination."""
+
+    def fail(key: str, message: str) -> None:
+        line = _line_of(text, key) if text is not None else None
+        raise ConfigError(key, message, line)
+
+    if (config.tls_cert is None) != (config.tls_key is None):
+        fail("tls_cert" if config.tls_cert is None else "tls_key",
+             "tls_cert and tls_key go together")
+    listeners = config.effective_listeners()
+    if any(lc.auth != "none" for lc in listeners) and config.auth_checker is None:
+        fail("auth_checker" if not config.submission else "submission",
+             "a listener offers AUTH, but no auth_checker is set")
+    for lc in listeners:
+        if (lc.auth != "none" and not lc.auth_without_tls and config.tls_cert is None
+                and not lc.endpoint.lower().startswith("ssl:")):
+            fail("tls_cert", f"listener {lc.endpoint} offers AUTH only after STARTTLS,"
+                             " which needs tls_cert and tls_key")
 
 
 def parse_config(text: str, base: Config | None = None) -> Config:

@@ -99,8 +99,9 @@ class Reply:
         text of every line when *enhanced* is true (RFC 2034 §4).
 
         A line whose text is empty is written as the bare code (or code and
-        status), since RFC 5321 §4.2 allows no space without text after it;
-        any other text is written exactly, trailing spaces included.
+        status), since RFC 5321 §4.2 allows no space without text after it,
+        except the SASL challenge ``334`` that RFC 4954 §4 writes with its
+        space; any other text is written exactly, trailing spaces included.
         """
         status = self.status if enhanced else None
         last = len(self.text) - 1
@@ -111,7 +112,9 @@ class Reply:
                 body = f"{status} {line}" if line else status
             else:
                 body = line
-            if body or sep == "-":
+            if body or sep == "-" or self.code == 334:
+                # RFC 4954 §4: a SASL challenge is "334" SP [base64], so an
+                # empty one keeps its space.
                 out.append(f"{self.code}{sep}{body}\r\n")
             else:
                 out.append(f"{self.code}\r\n")

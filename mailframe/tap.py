@@ -8,6 +8,7 @@ With no options it runs the defaults: listen on 127.0.0.1:2525, queue in
 
 from __future__ import annotations
 
+import signal
 from typing import Any, ClassVar
 
 from twisted.application.service import IService
@@ -20,7 +21,11 @@ __all__ = ["Options", "makeService"]
 
 
 #: Config keys whose command-line option is named otherwise.
-_OPTION_NAMES = {"local_domains": "--local-domain", "relay_networks": "--relay-network"}
+_OPTION_NAMES = {
+    "local_domains": "--local-domain",
+    "relay_networks": "--relay-network",
+    "auth_checker": "--auth",
+}
 
 
 class Options(usage.Options):
@@ -37,6 +42,9 @@ class Options(usage.Options):
         ["local-users", None, None, "A file of known local users, one local part per line."],
         ["max-message-size", None, None, "The message size limit in octets."],
         ["max-recipients", None, None, "Recipients per message (at least 100)."],
+        ["tls-cert", None, None, "A PEM certificate chain: offer STARTTLS on every listener."],
+        ["tls-key", None, None, "The PEM private key of --tls-cert."],
+        ["auth", None, None, "The AUTH checker: a twisted.cred string such as file:PATH."],
     ]
 
     def __init__(self) -> None:
@@ -44,6 +52,7 @@ class Options(usage.Options):
         self["listen"] = []
         self["local-domain"] = []
         self["relay-network"] = []
+        self["submission"] = []
 
     def opt_listen(self, endpoint: str) -> None:
         """An endpoint to listen on (repeatable; default tcp:2525:interface=127.0.0.1)."""
@@ -57,16 +66,22 @@ class Options(usage.Options):
         """A network (CIDR) that may relay, or none (repeatable; default loopback)."""
         self["relay-network"].append(value)
 
+    def opt_submission(self, endpoint: str) -> None:
+        """A submission listener (RFC 6409): STARTTLS, then AUTH, then MAIL (repeatable)."""
+        self["submission"].append(endpoint)
+
     def postOptions(self) -> None:
         values: dict[str, Any] = {}
         for key, option in (("listen", "listen"), ("local_domains", "local-domain"),
-                            ("relay_networks", "relay-network")):
+                            ("relay_networks", "relay-network"), ("submission", "submission")):
             if self[option]:
                 values[key] = self[option]
         for option in ("hostname", "queue-dir", "local-users", "max-message-size",
-                       "max-recipients"):
+                       "max-recipients", "tls-cert", "tls-key"):
             if self[option] is not None:
                 values[option.replace("-", "_")] = self[option]
+        if self["auth"] is not None:
+            values["auth_checker"] = self["auth"]
         try:
             base = load_config(self["config"]) if self["config"] else Config()
             self.config = settings_from(values, base)
@@ -84,6 +99,13 @@ def makeService(options: Options) -> IService:
     from mailframe.compose import build_mail_service, connections_for, raise_open_file_limit
 
     limit = raise_open_file_limit()
-    service = build_mail_service(options.config, reactor, connections_for(limit))
+    try:
+        service = build_mail_service(options.config, reactor, connections_for(limit))
+    except ValueError as error:
+        raise usage.UsageError(str(error)) from None
     service.ready.addErrback(lambda _: reactor.stop())
+    # SIGHUP reloads the certificates (twistd leaves the signal to us).
+    signal.signal(signal.SIGHUP,
+                  lambda number, frame: reactor.callFromThread(  # type: ignore[attr-defined]
+                      service.reload))
     return service

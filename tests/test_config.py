@@ -116,3 +116,68 @@ def test_users_file(tmp_path: object) -> None:
     with pytest.raises(usage.UsageError) as caught:
         Options().parseOptions(["--local-users", str(path)])
     assert "line 2" in str(caught.value)
+
+
+def test_listener_tables_and_submission(tmp_path: object) -> None:
+    import pathlib
+
+    from tests.certs import make_certificates
+
+    certs = make_certificates(pathlib.Path(str(tmp_path)))
+    passwords = pathlib.Path(str(tmp_path)) / "passwd"
+    passwords.write_text("alice:s3cret\n")
+    config = parse_config(
+        f'tls_cert = "{certs.cert}"\n'
+        f'tls_key = "{certs.key}"\n'
+        f'auth_checker = "file:{passwords}"\n'
+        'listen = ["tcp:2525:interface=127.0.0.1"]\n'
+        'submission = ["tcp:2587:interface=127.0.0.1"]\n'
+        "[[listener]]\n"
+        'endpoint = "tcp:2465:interface=127.0.0.1"\n'
+        'name = "smtps"\n'
+        'auth = "offered"\n'
+        'relay_networks = ["none"]\n'
+    )
+    listeners = config.effective_listeners()
+    assert [(lc.endpoint.split(":")[1], lc.name, lc.auth) for lc in listeners] == [
+        ("2525", "smtp", "none"), ("2587", "submission", "required"), ("2465", "smtps", "offered")]
+    assert listeners[2].relay_networks == ()
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "line"),
+    [
+        ('[[listener]]\nendpoint = "tcp:1"\n\n[[listener]]\nendpoint = "tcp:2"\nbogus = 1\n',
+         "listener[2].bogus", 6),
+        ('[[listener]]\nendpoint = "tcp:1"\nauth = "sometimes"\n', "listener[1].auth", 3),
+        ('[[listener]]\nname = "x"\n', "listener[1].endpoint", 1),
+        ('[[listener]]\nendpoint = "tcp:1"\nauth = "required"\n', "auth_checker", None),
+        ('auth_checker = "nonsense:what"\n', "auth_checker", 1),
+        ('tls_cert = "/nonexistent.pem"\n', "tls_cert", 1),
+    ],
+)
+def test_listener_errors_name_key_and_line(text: str, key: str, line: int | None) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text)
+    assert caught.value.key == key
+    assert caught.value.line == line
+
+
+def test_tls_and_submission_options(tmp_path: object) -> None:
+    import pathlib
+
+    from tests.certs import make_certificates
+
+    certs = make_certificates(pathlib.Path(str(tmp_path)))
+    options = Options()
+    options.parseOptions(["--tls-cert", str(certs.cert), "--tls-key", str(certs.key),
+                          "--submission", "tcp:2587", "--auth", "memory:alice:s3cret"])
+    config: Config = options.config
+    assert config.submission == ("tcp:2587",)
+    assert config.auth_checker == "memory:alice:s3cret"
+    with pytest.raises(usage.UsageError) as caught:
+        Options().parseOptions(["--submission", "tcp:2587", "--auth", "memory:a:b"])
+    assert str(caught.value).startswith("--tls-cert: ")
+    with pytest.raises(usage.UsageError) as caught:
+        Options().parseOptions(["--tls-cert", str(certs.cert)])
+    assert "--tls-key" in str(caught.value)

@@ -6,11 +6,15 @@ touches a socket, so the same state machines serve any I/O framework and are
 tested by feeding them bytes.
 """
 
-from mailframe.core._commands import CommandError, parse_command
+from mailframe.core._commands import CommandError, parse_command, parse_sasl_response
 from mailframe.core._events import (
     NEED_DATA,
     PAUSED,
+    Auth,
+    AuthCancel,
+    AuthResponse,
     BadCommand,
+    Bdat,
     Command,
     ConnectionClosed,
     Data,
@@ -27,6 +31,7 @@ from mailframe.core._events import (
     Rcpt,
     Rset,
     Sentinel,
+    StartTls,
     Vrfy,
 )
 from mailframe.core._limits import (
@@ -35,6 +40,7 @@ from mailframe.core._limits import (
     DSN_MAIL_EXTRA,
     DSN_RCPT_EXTRA,
     MIN_RECIPIENTS,
+    SASL_LINE,
     SIZE_MAIL_EXTRA,
     Limits,
 )
@@ -43,7 +49,11 @@ from mailframe.core._state import State
 
 __all__ = [
     "AUTH_MAIL_EXTRA",
+    "Auth",
+    "AuthCancel",
+    "AuthResponse",
     "BadCommand",
+    "Bdat",
     "COMMAND_LINE",
     "Command",
     "CommandError",
@@ -67,11 +77,14 @@ __all__ = [
     "Quit",
     "Rcpt",
     "Rset",
+    "SASL_LINE",
     "SIZE_MAIL_EXTRA",
     "Sentinel",
     "ServerConnection",
+    "StartTls",
     "State",
     "Transaction",
     "Vrfy",
     "parse_command",
+    "parse_sasl_response",
 ]

@@ -7,28 +7,37 @@ with the reply that the command gets.
 
 from __future__ import annotations
 
+import binascii
 import re
+from collections.abc import Callable
 
 from mailframe.address import AddressError, parse_forward_path, parse_reverse_path
 from mailframe.core import _events as ev
 from mailframe.envelope import BodyType
 from mailframe.reply import Reply
 
-__all__ = ["CommandError", "Parameters", "parse_command"]
+__all__ = ["CommandError", "Parameters", "parse_command", "parse_sasl_response"]
 
 # RFC 5321 §4.1.2: esmtp-keyword and esmtp-value.
 _KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*\Z")
 _VALUE = re.compile(r"[\x21-\x3c\x3e-\x7e\u0080-\U0010ffff]+\Z")
 _DIGITS = re.compile(r"[0-9]{1,20}\Z")
+# RFC 4422 §3.1: sasl-mech, in any case.
+_MECHANISM = re.compile(r"[A-Za-z0-9_-]{1,20}\Z")
+# RFC 3461 §4: xtext is xchar (printable ASCII but "+" and "=") and "+XX"
+# hexchar. RFC 3461 asks for upper-case hex digits; lower case is taken too.
+_XTEXT = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-Fa-f]{2})+\Z")
+_HEXCHAR = re.compile(rb"\+([0-9A-Fa-f]{2})")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
-#: Commands of RFC 5321 and its predecessors that are known but not served.
-_NOT_IMPLEMENTED = frozenset(
-    {"SEND", "SOML", "SAML", "TURN", "ETRN", "ATRN", "BDAT", "STARTTLS", "AUTH"}
-)
+#: Commands of RFC 5321 and its predecessors, and extensions, that are known
+#: but not served (STARTTLS and BDAT unless offered).
+_NOT_IMPLEMENTED = frozenset({"SEND", "SOML", "SAML", "TURN", "ETRN", "ATRN", "BDAT", "STARTTLS"})
 
-#: Parameters that the core passes on, unchecked beyond their syntax, when
-#: the extension that defines them was advertised: AUTH= (RFC 4954 §5), and
-#: RET, ENVID, NOTIFY and ORCPT (RFC 3461 §4).
+#: Parameters taken only when the extension that defines them was
+#: advertised: AUTH= (RFC 4954 §5; its xtext is decoded into Mail.auth), and
+#: RET, ENVID, NOTIFY and ORCPT (RFC 3461 §4), passed on unchecked beyond
+#: their syntax.
 _MAIL_EXTENSION_PARAMETERS = {"AUTH": "AUTH", "RET": "DSN", "ENVID": "DSN"}
 _RCPT_EXTENSION_PARAMETERS = {"NOTIFY": "DSN", "ORCPT": "DSN"}
 
@@ -97,12 +106,44 @@ def _parameters(text: str) -> Parameters:
     return tuple(seen.items())
 
 
+def _xtext(value: str | None) -> str:
+    """The decoded xtext of RFC 3461 §4, or a 501."""
+    if value is None or not _XTEXT.match(value):
+        raise _error(501, "5.5.4", "Bad AUTH parameter syntax")
+    decoded = _HEXCHAR.sub(lambda match: bytes([int(match.group(1), 16)]), value.encode("ascii"))
+    try:
+        text = decoded.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _error(501, "5.5.4", "Bad AUTH parameter syntax") from None
+    if _CONTROL.search(text):
+        # "+0D+0A" would put a line end into logs and trace fields.
+        raise _error(501, "5.5.4", "Bad AUTH parameter syntax")
+    return text
+
+
+def _needs_smtputf8(path_text: str, parse: Callable[[str, bool], object]) -> bool:
+    """Whether *path_text* is a valid path only with the UTF-8 grammar."""
+    if path_text.isascii():
+        return False
+    try:
+        parse(path_text, True)
+    except AddressError:
+        return False
+    return True
+
+
+#: RFC 6531 §3.5: 553 with X.6.7 (RFC 5248) for a non-ASCII address in a
+#: transaction whose MAIL did not ask for SMTPUTF8.
+_NEEDS_SMTPUTF8 = (553, "5.6.7", "SMTPUTF8 is required for non-ASCII addresses")
+
+
 def _mail(argument: str, extensions: frozenset[str], max_size: int) -> ev.Mail:
     path_text, params_text = _split_path(argument, "FROM")
     parameters = _parameters(params_text)
     size: int | None = None
     body = BodyType.SEVEN_BIT
     smtputf8 = False
+    auth: str | None = None
     for key, value in parameters:
         if key == "SIZE" and "SIZE" in extensions:
             if value is None or not _DIGITS.match(value):
@@ -117,16 +158,21 @@ def _mail(argument: str, extensions: frozenset[str], max_size: int) -> ev.Mail:
                 raise _error(501, "5.5.4", f"Unsupported BODY type: {value}")
         elif key == "SMTPUTF8" and "SMTPUTF8" in extensions and value is None:
             smtputf8 = True
+        elif key == "AUTH" and "AUTH" in extensions:
+            # RFC 4954 §5: an xtext-encoded mailbox, or "<>".
+            auth = _xtext(value)
         elif _MAIL_EXTENSION_PARAMETERS.get(key) not in extensions:
             raise _error(555, "5.5.4", f"Unsupported MAIL parameter: {key}")
     try:
         sender = parse_reverse_path(path_text, utf8=smtputf8)
     except AddressError:
+        if "SMTPUTF8" in extensions and _needs_smtputf8(path_text, parse_reverse_path):
+            raise _error(*_NEEDS_SMTPUTF8) from None
         raise _error(501, "5.1.7", f"Bad sender address syntax: {path_text}") from None
     if max_size and size is not None and size > max_size:
         # RFC 1870 §6.2.
         raise _error(552, "5.3.4", "Message size exceeds fixed maximum message size")
-    return ev.Mail(sender, parameters, size, body, smtputf8)
+    return ev.Mail(sender, parameters, size, body, smtputf8, auth)
 
 
 def _rcpt(argument: str, extensions: frozenset[str], smtputf8: bool) -> ev.Rcpt:
@@ -138,8 +184,58 @@ def _rcpt(argument: str, extensions: frozenset[str], smtputf8: bool) -> ev.Rcpt:
     try:
         recipient = parse_forward_path(path_text, utf8=smtputf8)
     except AddressError:
+        if "SMTPUTF8" in extensions and _needs_smtputf8(path_text, parse_forward_path):
+            raise _error(*_NEEDS_SMTPUTF8) from None
         raise _error(501, "5.1.3", f"Bad recipient address syntax: {path_text}") from None
     return ev.Rcpt(recipient, parameters)
+
+
+def _base64(text: bytes, what: str) -> bytes:
+    """
+    Strict base64 (RFC 4954 §4): any character outside the alphabet, and
+    padding anywhere but at the end, gets 501 5.5.2.
+    """
+    try:
+        return binascii.a2b_base64(text, strict_mode=True)
+    except (binascii.Error, ValueError):
+        raise _error(501, "5.5.2", f"Error: invalid base64 in {what}") from None
+
+
+def _auth(argument: str) -> ev.Auth:
+    """AUTH mechanism [initial-response] (RFC 4954 §4)."""
+    words = argument.split()
+    if not 1 <= len(words) <= 2 or not _MECHANISM.match(words[0]):
+        raise _error(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]")
+    if len(words) == 1:
+        return ev.Auth(words[0].upper(), None)
+    # A zero-length initial response is sent as "=".
+    initial = words[1]
+    data = b"" if initial == "=" else _base64(initial.encode("utf-8"), "initial response")
+    return ev.Auth(words[0].upper(), data)
+
+
+def _bdat(argument: str) -> ev.Bdat:
+    """BDAT chunk-size [LAST] (RFC 3030 §2)."""
+    words = argument.split()
+    if (
+        not 1 <= len(words) <= 2
+        or not _DIGITS.match(words[0])
+        or (len(words) == 2 and words[1].upper() != "LAST")
+    ):
+        raise _error(501, "5.5.4", "Syntax: BDAT chunk-size [LAST]")
+    return ev.Bdat(int(words[0]), len(words) == 2)
+
+
+def parse_sasl_response(line: bytes) -> ev.AuthResponse | ev.AuthCancel:
+    """
+    Parse one line, without its CRLF, that answers a ``334`` challenge
+    (RFC 4954 §4): ``*`` cancels, anything else is strict base64.
+
+    :raises CommandError: ``501 5.5.2`` when the line is not base64.
+    """
+    if line == b"*":
+        return ev.AuthCancel()
+    return ev.AuthResponse(_base64(line, "response"))
 
 
 def _no_argument(verb: str, argument: str, event: ev.Command) -> ev.Command:
@@ -153,6 +249,7 @@ def parse_command(
     extensions: frozenset[str] = frozenset(),
     max_size: int = 0,
     smtputf8: bool = False,
+    offered: frozenset[str] | None = None,
 ) -> ev.Command:
     """
     Parse one command line, without its CRLF.
@@ -161,6 +258,10 @@ def parse_command(
         extensions that were not advertised get 555.
     :param max_size: the SIZE limit, for early refusal (RFC 1870 §6.2).
     :param smtputf8: the transaction's MAIL carried SMTPUTF8.
+    :param offered: the EHLO keywords the server offers, whether or not the
+        client has seen them (by default *extensions*). STARTTLS and BDAT
+        (``CHUNKING``) get 502 unless offered, AUTH gets ``503 5.5.1``
+        (RFC 4954 §4).
     :raises CommandError: with the reply for a malformed command.
     """
     if b"\x00" in line:
@@ -199,6 +300,17 @@ def parse_command(
         return ev.Expn(argument.strip())
     if verb == "HELP":
         return ev.Help(argument.strip())
+    if offered is None:
+        offered = extensions
+    if verb == "STARTTLS" and "STARTTLS" in offered:
+        # RFC 3207 §4: STARTTLS takes no parameters.
+        return _no_argument(verb, argument, ev.StartTls())
+    if verb == "AUTH":
+        if "AUTH" not in offered:
+            raise _error(503, "5.5.1", "Error: authentication not enabled")
+        return _auth(argument)
+    if verb == "BDAT" and "CHUNKING" in offered:
+        return _bdat(argument)
     if not verb:
         raise _error(500, "5.5.2", "Error: bad syntax")
     if verb in _NOT_IMPLEMENTED:

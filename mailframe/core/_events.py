@@ -14,7 +14,11 @@ from mailframe.envelope import BodyType
 from mailframe.reply import Reply
 
 __all__ = [
+    "Auth",
+    "AuthCancel",
+    "AuthResponse",
     "BadCommand",
+    "Bdat",
     "Command",
     "ConnectionClosed",
     "Data",
@@ -33,6 +37,7 @@ __all__ = [
     "Rcpt",
     "Rset",
     "Sentinel",
+    "StartTls",
     "Vrfy",
 ]
 
@@ -73,7 +78,12 @@ class Mail(Command):
     """
     MAIL FROM.
 
-    :ivar parameters: every ESMTP parameter, upper-case keyword to value.
+    :ivar parameters: every ESMTP parameter, upper-case keyword to value,
+        as sent.
+    :ivar auth: the ``AUTH=`` parameter with its xtext decoded (RFC 4954
+        §5): a mailbox, ``"<>"`` for an unknown submitter, or ``None`` when
+        absent. It is the client's claim; it says nothing about who
+        authenticated.
     """
 
     sender: ReversePath
@@ -81,6 +91,7 @@ class Mail(Command):
     size: int | None = None
     body: BodyType = BodyType.SEVEN_BIT
     smtputf8: bool = False
+    auth: str | None = None
 
 
 @attrs.frozen
@@ -125,6 +136,52 @@ class Help(Command):
 
 
 @attrs.frozen
+class StartTls(Command):
+    """
+    STARTTLS (RFC 3207). Answer ``220`` and start the TLS handshake right
+    after writing the reply: every octet received before it is thrown away
+    unread (RFC 3207 §4.2) and the session starts over in state
+    ``GREETED``. A refusal (such as ``454 4.7.0``) changes nothing.
+    """
+
+
+@attrs.frozen
+class Auth(Command):
+    """
+    AUTH (RFC 4954 §4). Answer ``334`` with a base64 challenge to read a
+    :class:`AuthResponse` next, ``235`` once authenticated, or a refusal.
+
+    :ivar mechanism: the SASL mechanism, upper-cased.
+    :ivar initial: the initial response, decoded: ``b""`` when it was sent
+        as ``=``, ``None`` when there was none. Left out of ``repr``: it
+        may hold a password.
+    """
+
+    mechanism: str
+    initial: bytes | None = attrs.field(default=None, repr=False)
+
+
+@attrs.frozen
+class AuthResponse(Command):
+    """
+    A client's answer to a ``334`` challenge (RFC 4954 §4). Answer it like
+    :class:`Auth`.
+
+    :ivar data: the response, base64-decoded; left out of ``repr``.
+    """
+
+    data: bytes = attrs.field(repr=False)
+
+
+@attrs.frozen
+class AuthCancel(Command):
+    """
+    The client cancelled the authentication exchange with ``*``
+    (RFC 4954 §4). Refuse it with ``501``, as ``default_reply`` does.
+    """
+
+
+@attrs.frozen
 class BadCommand(Command):
     """
     A command that the core refused by itself (syntax, sequence or limits).
@@ -137,7 +194,10 @@ class BadCommand(Command):
 
 @attrs.frozen
 class MessageData:
-    """A piece of message data, dot-unstuffed, exactly as sent otherwise."""
+    """
+    A piece of message data: after DATA dot-unstuffed and exactly as sent
+    otherwise; after BDAT exactly as sent.
+    """
 
     data: bytes
 
@@ -160,6 +220,37 @@ class EndOfMessage(Command):
     size: int
     headers: bytes
     hops: int
+    problem: Reply | None = None
+
+
+@attrs.frozen
+class Bdat(Command):
+    """
+    A chunk of message data sent with BDAT (RFC 3030 §2), after its
+    octets came as :class:`MessageData` events (exactly as sent: there is
+    no dot-stuffing). Answer it with ``250`` to take the chunk, or refuse
+    it; a refusal, and any reply to the ``LAST`` chunk, ends the
+    transaction.
+
+    :ivar size: the octets in this chunk.
+    :ivar last: the chunk ends the message.
+    :ivar total: the octets in the message so far, this chunk included.
+    :ivar headers: the header section captured so far (capped), as in
+        :class:`EndOfMessage`; complete on the ``LAST`` chunk.
+    :ivar hops: the ``Received:`` fields in the header section, counted
+        once it has ended (always on the ``LAST`` chunk).
+    :ivar problem: when set, the core refuses the chunk with this reply:
+        ``552`` for the chunk that takes the message over the SIZE limit
+        (the data events stopped at the limit), and on the ``LAST`` chunk
+        the checks of :class:`EndOfMessage` (bare CR or LF, too many
+        hops). The data events of the message must then be discarded.
+    """
+
+    size: int
+    last: bool = False
+    total: int = 0
+    headers: bytes = b""
+    hops: int = 0
     problem: Reply | None = None
 
 

@@ -14,6 +14,7 @@ __all__ = [
     "AUTH_MAIL_EXTRA",
     "SIZE_MAIL_EXTRA",
     "MIN_RECIPIENTS",
+    "SASL_LINE",
     "Limits",
 ]
 
@@ -29,6 +30,10 @@ DSN_RCPT_EXTRA = 500
 AUTH_MAIL_EXTRA = 500
 #: RFC 5321 §4.5.3.1.8: a server must accept at least 100 recipients.
 MIN_RECIPIENTS = 100
+#: RFC 4954 §4: SASL responses can be much longer than commands; 12288
+#: octets of base64 are enough for deployed mechanisms (the minimum of
+#: Postfix's ``smtpd_sasl_response_limit``).
+SASL_LINE = 12288
 #: RFC 5321 §4.5.3.1.6: text lines are 1000 octets, but lines in message
 #: data are accepted at any length; this only bounds how much of one
 #: unterminated line is buffered before it is passed on.
@@ -53,6 +58,9 @@ class Limits:
         with ``554 5.4.6`` (RFC 5321 §6.3; Postfix's ``hopcount_limit``).
     :ivar command_line: the base command line length, CRLF included
         (RFC 5321 §4.5.3.1.4); advertised extensions add to it.
+    :ivar sasl_line: the longest response to an AUTH challenge, CRLF
+        excluded; at least 12288 (RFC 4954 §4). A longer one fails the
+        AUTH command with ``500 5.5.6``.
     """
 
     max_message_size: int = attrs.field(default=10 * 1024 * 1024, validator=attrs.validators.ge(0))
@@ -62,3 +70,4 @@ class Limits:
     command_line: int = attrs.field(
         default=COMMAND_LINE, validator=attrs.validators.ge(COMMAND_LINE)
     )
+    sasl_line: int = attrs.field(default=SASL_LINE, validator=attrs.validators.ge(SASL_LINE))

@@ -7,6 +7,10 @@ Bytes go in with :meth:`~ServerConnection.receive_data`; events come out of
 are handed out one at a time: until the last one is answered,
 ``next_event`` returns :data:`PAUSED`. Replies therefore leave in command
 order under PIPELINING (RFC 2920 §3.1) however long a policy takes.
+
+Besides commands, the core reads the responses of an AUTH exchange
+(RFC 4954 §4) and the octets of BDAT chunks (RFC 3030 §2); STARTTLS
+(RFC 3207) throws away what it has buffered once it is answered ``220``.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import attrs
 
 from mailframe.address import Mailbox, ReversePath
 from mailframe.core import _events as ev
-from mailframe.core._commands import CommandError, parse_command
+from mailframe.core._commands import CommandError, parse_command, parse_sasl_response
 from mailframe.core._limits import (
     AUTH_MAIL_EXTRA,
     DATA_CHUNK,
@@ -25,7 +29,7 @@ from mailframe.core._limits import (
     SIZE_MAIL_EXTRA,
     Limits,
 )
-from mailframe.core._state import ALLOWED, TRANSITIONS, State
+from mailframe.core._state import ALLOWED, CHUNK_STATES, TRANSITIONS, Outcome, State, outcome
 from mailframe.reply import Reply
 
 __all__ = ["ServerConnection", "Transaction"]
@@ -36,7 +40,10 @@ _SEQUENCE_ERRORS: dict[type[ev.Command], str] = {
     ev.Mail: "Error: send HELO/EHLO first",
     ev.Rcpt: "Error: need MAIL command",
     ev.Data: "Error: need RCPT command",
+    ev.Bdat: "Error: need RCPT command",
+    ev.Auth: "Error: send HELO/EHLO first",
 }
+_IN_TRANSACTION = (State.MAIL, State.RCPT, State.BDAT)
 
 _DEFAULT_REPLIES: dict[type[ev.Command], Reply] = {
     ev.Noop: Reply(250, "2.0.0", "OK"),
@@ -53,6 +60,23 @@ _DEFAULT_REPLIES: dict[type[ev.Command], Reply] = {
         "2.0.0",
         ("Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP", "See RFC 5321"),
     ),
+    # RFC 3207 §4.
+    ev.StartTls: Reply(220, "2.0.0", "Ready to start TLS"),
+    # RFC 4954 §4: the core itself knows no mechanism, and verifies nothing.
+    ev.Auth: Reply(504, "5.5.4", "Unrecognized authentication type"),
+    ev.AuthResponse: Reply(535, "5.7.8", "Authentication credentials invalid"),
+    ev.AuthCancel: Reply(501, "5.0.0", "Authentication cancelled"),
+}
+
+#: The positive replies that each of these commands may get; any other
+#: positive reply is a mistake of the caller (RFC 5321 §4.1.1.4, RFC 3207
+#: §4, RFC 4954 §4: "*" is always refused with 501).
+_POSITIVE_CODES: dict[type[ev.Command], frozenset[int]] = {
+    ev.Data: frozenset({354}),
+    ev.StartTls: frozenset({220}),
+    ev.Auth: frozenset({235, 334}),
+    ev.AuthResponse: frozenset({235, 334}),
+    ev.AuthCancel: frozenset(),
 }
 
 
@@ -65,18 +89,14 @@ class Transaction:
     recipients: list[Mailbox] = attrs.Factory(list)
 
 
-class _DataReader:
+_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
+
+
+class _MessageScan:
     """
-    Reads message data up to CRLF.CRLF (RFC 5321 §4.1.1.4), undoing the dot
-    stuffing of §4.5.2 and nothing else.
-
-    The end of data is only CRLF.CRLF: bare CR and bare LF are never line
-    ends (§2.3.8), so no form of SMTP smuggling can end a message early.
-    Their presence is noted, and the message is refused at its end.
-
-    Data is taken in chunks that end at the last CRLF received, searched
-    with ``bytes.find`` and unstuffed with one ``replace``; a line with no
-    CRLF yet is held back until it ends or reaches :data:`DATA_CHUNK`.
+    What the core checks in a message, however it arrives (DATA or BDAT):
+    its size (RFC 1870), bare CR or LF (RFC 5321 §2.3.8), and the
+    ``Received:`` fields of its header section (§6.3).
     """
 
     def __init__(self, max_size: int, max_hops: int) -> None:
@@ -84,27 +104,43 @@ class _DataReader:
         self.max_hops = max_hops
         self.size = 0
         self.bare_line_end = False
-        #: The buffer starts a line whose first octet is still to be looked
-        #: at (a terminator, a stuffed dot, or data).
-        self.line_start = True
         self.headers = bytearray()
         self.in_headers = True
         self.hops = 0
-        self.finished = False
-        # Octets at the head of the buffer already searched in vain for CRLF.
-        self._searched = 0
+        # The last octet noted was a CR whose LF may come in the next piece.
+        self._cr_pending = False
 
     @property
     def too_big(self) -> bool:
         return bool(self.max_size) and self.size > self.max_size
 
     def _note(self, chunk: bytes) -> None:
+        # A piece that never splits a CRLF (the DATA reader sees to it).
         self.size += len(chunk)
         crlf = chunk.count(b"\r\n")
         if chunk.count(b"\r") != crlf or chunk.count(b"\n") != crlf:
             self.bare_line_end = True
         if self.in_headers:
             self._scan_headers(chunk)
+
+    def note_raw(self, piece: bytes) -> None:
+        """Note a piece of BDAT data, cut anywhere (a CRLF may straddle pieces)."""
+        self.size += len(piece)
+        crlf = piece.count(b"\r\n")
+        bare_cr = piece.count(b"\r") - crlf
+        bare_lf = piece.count(b"\n") - crlf
+        if self._cr_pending:
+            if piece.startswith(b"\n"):
+                bare_lf -= 1
+            else:
+                self.bare_line_end = True
+        self._cr_pending = piece.endswith(b"\r")
+        if self._cr_pending:
+            bare_cr -= 1
+        if bare_cr or bare_lf:
+            self.bare_line_end = True
+        if self.in_headers:
+            self._scan_headers(piece)
 
     def _scan_headers(self, chunk: bytes) -> None:
         headers = self.headers
@@ -127,6 +163,50 @@ class _DataReader:
         # RFC 5321 §6.3: each relay adds one Received: field.
         self.hops = (b"\r\n" + self.headers).lower().count(b"\r\nreceived:")
 
+    def finish(self) -> None:
+        if self.in_headers:
+            # The message ended inside its header section.
+            self._end_headers()
+        if self._cr_pending:
+            # The message ends with a CR that no LF follows.
+            self.bare_line_end = True
+
+    def problem(self) -> Reply | None:
+        if self.too_big:
+            # RFC 1870 §6.3: refused at the end of data, never in the middle.
+            return _TOO_BIG
+        if self.bare_line_end:
+            # RFC 5321 §2.3.8: lines end with CRLF only.
+            return Reply(550, "5.5.2", "Message contains a bare CR or LF; lines must end with CRLF")
+        if self.hops > self.max_hops:
+            # RFC 5321 §6.3: a loop.
+            return Reply(554, "5.4.6", f"Too many hops ({self.hops} Received: fields)")
+        return None
+
+
+class _DataReader(_MessageScan):
+    """
+    Reads message data up to CRLF.CRLF (RFC 5321 §4.1.1.4), undoing the dot
+    stuffing of §4.5.2 and nothing else.
+
+    The end of data is only CRLF.CRLF: bare CR and bare LF are never line
+    ends (§2.3.8), so no form of SMTP smuggling can end a message early.
+    Their presence is noted, and the message is refused at its end.
+
+    Data is taken in chunks that end at the last CRLF received, searched
+    with ``bytes.find`` and unstuffed with one ``replace``; a line with no
+    CRLF yet is held back until it ends or reaches :data:`DATA_CHUNK`.
+    """
+
+    def __init__(self, max_size: int, max_hops: int) -> None:
+        super().__init__(max_size, max_hops)
+        #: The buffer starts a line whose first octet is still to be looked
+        #: at (a terminator, a stuffed dot, or data).
+        self.line_start = True
+        self.finished = False
+        # Octets at the head of the buffer already searched in vain for CRLF.
+        self._searched = 0
+
     def read(self, buffer: bytearray) -> tuple[bytes | None, bool]:
         """
         Take what can be taken from *buffer*.
@@ -137,7 +217,7 @@ class _DataReader:
         if self.line_start:
             if buffer[:3] == b".\r\n":
                 del buffer[:3]
-                self._finish()
+                self.finish()
                 return None, True
             if len(buffer) < 3 and b".\r\n".startswith(buffer):
                 return None, False
@@ -175,29 +255,27 @@ class _DataReader:
         chunk = chunk.replace(b"\r\n.", b"\r\n")
         self._note(chunk)
         if finished:
-            self._finish()
+            self.finish()
         return chunk, finished
 
-    def _finish(self) -> None:
-        if self.in_headers:
-            # The message ended inside its header section.
-            self._end_headers()
 
-    def problem(self) -> Reply | None:
-        if self.too_big:
-            # RFC 1870 §6.3: refused at the end of data, never in the middle.
-            return Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
-        if self.bare_line_end:
-            # RFC 5321 §2.3.8: lines end with CRLF only.
-            return Reply(550, "5.5.2", "Message contains a bare CR or LF; lines must end with CRLF")
-        if self.hops > self.max_hops:
-            # RFC 5321 §6.3: a loop.
-            return Reply(554, "5.4.6", f"Too many hops ({self.hops} Received: fields)")
-        return None
+class _Chunk:
+    """The octets of one BDAT chunk still to be read, and what follows them."""
+
+    __slots__ = ("command", "discard", "remaining")
+
+    def __init__(self, remaining: int, command: ev.Command, discard: bool) -> None:
+        self.remaining = remaining
+        #: The Bdat of a chunk that was taken, or the BadCommand of one that
+        #: is read only to be thrown away.
+        self.command = command
+        self.discard = discard
 
 
 _DEFAULT_LIMITS = Limits()
 _LINE_TOO_LONG = Reply(500, "5.5.2", "Error: line too long")
+# RFC 4954 §4: a response longer than the server's buffer fails AUTH.
+_RESPONSE_TOO_LONG = Reply(500, "5.5.6", "Error: authentication response too long")
 
 
 class ServerConnection:
@@ -208,13 +286,20 @@ class ServerConnection:
     :param limits: the session's limits.
     :param extensions: extra EHLO keywords to advertise (such as
         ``"STARTTLS"``), beyond SIZE, 8BITMIME, PIPELINING and
-        ENHANCEDSTATUSCODES.
+        ENHANCEDSTATUSCODES. ``STARTTLS``, ``AUTH`` and ``CHUNKING``
+        make the core serve STARTTLS, AUTH and BDAT.
+    :param tls: the connection is already encrypted (implicit TLS,
+        RFC 8314 §3.3): STARTTLS is neither advertised nor served.
 
     :ivar line_limit: the longest command line accepted, CRLF included:
         :attr:`Limits.command_line` plus what the advertised extensions add
         to MAIL or RCPT (RFC 1870 §3, RFC 3461 §4, RFC 4954 §5).
     :ivar errors: error replies so far; at :attr:`Limits.max_errors` the
         session ends with 421.
+    :ivar tls: the connection is encrypted: implicit TLS, or STARTTLS was
+        answered ``220``.
+    :ivar authenticated: AUTH was answered ``235``; STARTTLS clears it, as
+        it clears all the session knew of the client (RFC 3207 §4.2).
     """
 
     def __init__(
@@ -222,34 +307,62 @@ class ServerConnection:
         hostname: str,
         limits: Limits = _DEFAULT_LIMITS,
         extensions: tuple[str, ...] = (),
+        *,
+        tls: bool = False,
     ) -> None:
         self.hostname = hostname
         self.limits = limits
         self.state = State.CONNECTED
         self.esmtp = False
         self.client_name = ""
+        self.tls = tls
+        self.authenticated = False
         self.transaction = Transaction()
         self.errors = 0
-        self._extra = extensions
+        self._extra = tuple(extensions)
         self._buffer = bytearray()
         self._eof = False
         self._discarding = False
         self._discarded_head = b""
+        self._discarded_reply = _LINE_TOO_LONG
         self._pending: ev.Command | None = None
         self._reader: _DataReader | None = None
+        # The BDAT chunk being read, and the message the chunks make up.
+        self._chunk: _Chunk | None = None
+        self._message: _MessageScan | None = None
         self._closed_event_sent = False
+        self._advertise()
+
+    def set_extensions(self, extensions: tuple[str, ...]) -> None:
+        """
+        Replace the extra EHLO keywords given to the constructor, such as
+        ``"AUTH PLAIN LOGIN"`` once TLS is up. The next EHLO reply lists
+        them, and :attr:`line_limit` follows what is advertised.
+        """
+        self._extra = tuple(extensions)
+        self._advertise()
+
+    def _advertise(self) -> None:
         self._advertised = tuple(self._keywords())
         self._keyword_set = frozenset(k.split(" ")[0].upper() for k in self._advertised)
+        # Commands are recognised by what the server offers, whether or not
+        # the client has said EHLO; STARTTLS stays known once TLS is up, to
+        # be refused with 503.
+        self._offered = self._keyword_set | {"STARTTLS"} if self.tls else self._keyword_set
         self.line_limit = self._line_limit()
 
     def _keywords(self) -> list[str]:
         size = self.limits.max_message_size
+        extra = self._extra
+        if self.tls:
+            # RFC 3207 §4.2: STARTTLS is not advertised once TLS is up.
+            extra = tuple(k for k in extra if k.split(" ")[0].upper() != "STARTTLS")
         return [
             "SIZE " + str(size) if size else "SIZE",
             "8BITMIME",
             "PIPELINING",
             "ENHANCEDSTATUSCODES",
-            *self._extra,
+            *extra,
         ]
 
     def _line_limit(self) -> int:
@@ -289,7 +402,7 @@ class ServerConnection:
         Complete command lines received and not yet handed out: each is a
         reply still owed. Outside message data only; 0 while reading data.
         """
-        if self._reader is not None:
+        if self._reader is not None or self._chunk is not None:
             return 0
         return self._buffer.count(b"\r\n")
 
@@ -321,6 +434,8 @@ class ServerConnection:
             return ev.NEED_DATA
         if self._reader is not None:
             return self._next_data_event()
+        if self._chunk is not None:
+            return self._next_chunk_event()
         if self._pending is not None or self.state is State.CONNECTED:
             return ev.PAUSED
         event = self._next_command()
@@ -333,6 +448,7 @@ class ServerConnection:
     def _closed(self) -> ev.ConnectionClosed:
         self._closed_event_sent = True
         self._reader = None
+        self._chunk = None
         del self._buffer[:]
         return ev.ConnectionClosed()
 
@@ -365,6 +481,70 @@ class ServerConnection:
         self._pending = event
         return event
 
+    def _start_chunk(self, bdat: ev.Bdat, checked: ev.Command) -> ev.Event | ev.Sentinel:
+        """
+        Read the octets of the chunk that *bdat* announced. RFC 3030 §2: a
+        chunk is read even when its BDAT is refused (*checked* is then a
+        :class:`BadCommand`), and thrown away, so that its octets are never
+        taken for commands.
+        """
+        if checked is bdat:
+            if self._message is None:
+                self._message = _MessageScan(self.limits.max_message_size, self.limits.max_hops)
+            self.state = CHUNK_STATES[bdat.last]
+            self._chunk = _Chunk(bdat.size, bdat, discard=False)
+        else:
+            self._chunk = _Chunk(bdat.size, checked, discard=True)
+        return self._next_chunk_event()
+
+    def _next_chunk_event(self) -> ev.Event | ev.Sentinel:
+        chunk = self._chunk
+        assert chunk is not None
+        buffer = self._buffer
+        message = self._message
+        while chunk.remaining:
+            if not buffer:
+                if self._eof:
+                    # The client went away mid-chunk.
+                    return self._closed()
+                return ev.NEED_DATA
+            if chunk.discard or message is None:
+                take = min(chunk.remaining, len(buffer))
+                chunk.remaining -= take
+                del buffer[:take]
+                continue
+            # The octets are message data exactly as sent: no end-of-data
+            # search, no dot-stuffing (RFC 3030 §2); passed on in pieces of
+            # at most DATA_CHUNK octets.
+            take = min(chunk.remaining, len(buffer), DATA_CHUNK)
+            chunk.remaining -= take
+            data = bytes(buffer[:take])
+            del buffer[:take]
+            before = message.size
+            message.note_raw(data)
+            if message.too_big:
+                # As for DATA: nothing past the limit is passed on, so that
+                # memory stays bounded; the chunk is still read to its end.
+                data = data[: max(0, message.max_size - before)]
+            if data:
+                return ev.MessageData(data)
+        self._chunk = None
+        event = chunk.command
+        if not chunk.discard and message is not None:
+            assert isinstance(event, ev.Bdat)
+            if event.last:
+                message.finish()
+                problem = message.problem()
+            else:
+                # RFC 3030 §2 (and RFC 1870 §6.3): the chunk that takes the
+                # message over the limit is refused once it has been read.
+                problem = _TOO_BIG if message.too_big else None
+            event = ev.Bdat(
+                event.size, event.last, message.size, bytes(message.headers), message.hops, problem
+            )
+        self._pending = event
+        return event
+
     def _next_command(self) -> ev.Event | ev.Sentinel:
         buffer = self._buffer
         # RFC 5321 §2.3.8: only CRLF ends a line; a bare CR or LF is part of
@@ -376,22 +556,35 @@ class ServerConnection:
                 return ev.NEED_DATA
             del buffer[: end + 2]
             self._discarding = False
-            return ev.BadCommand(_LINE_TOO_LONG, self._discarded_head)
+            return ev.BadCommand(self._discarded_reply, self._discarded_head)
+        sasl = self.state is State.AUTH
+        # RFC 4954 §4: a SASL response may be far longer than a command.
+        limit = self.limits.sasl_line + 2 if sasl else self.line_limit
+        too_long = _RESPONSE_TOO_LONG if sasl else _LINE_TOO_LONG
         if end < 0:
-            if len(buffer) >= self.line_limit:
+            if len(buffer) >= limit:
                 # RFC 5321 §4.5.3.1.4: too long already. Discard up to the
                 # next CRLF, then answer once, so that the buffer stays
                 # bounded however long the line.
-                self._discarded_head = bytes(buffer[: self.line_limit - 2])
+                self._discarded_head = b"" if sasl else bytes(buffer[: limit - 2])
+                self._discarded_reply = too_long
                 self._discard_but_cr(buffer)
                 self._discarding = True
             return ev.NEED_DATA
         line = bytes(buffer[:end])
         del buffer[: end + 2]
-        if end + 2 > self.line_limit:
+        if sasl:
+            # A response may carry credentials: no BadCommand keeps it.
+            if end + 2 > limit:
+                return ev.BadCommand(too_long)
+            try:
+                return parse_sasl_response(line)
+            except CommandError as error:
+                return ev.BadCommand(error.reply)
+        if end + 2 > limit:
             # RFC 5321 §4.5.3.1.4 (500 5.5.2 as in RFC 3463 §3.6); the event
             # keeps as much of the line as a command may have.
-            return ev.BadCommand(_LINE_TOO_LONG, line[: self.line_limit - 2])
+            return ev.BadCommand(too_long, line[: limit - 2])
         mail = self.transaction.mail
         try:
             command = parse_command(
@@ -399,10 +592,14 @@ class ServerConnection:
                 self._keyword_set if self.esmtp else frozenset(),
                 self.limits.max_message_size,
                 mail.smtputf8 if mail is not None else False,
+                self._offered,
             )
         except CommandError as error:
             return ev.BadCommand(error.reply, line)
-        return self._check_sequence(command, line)
+        checked = self._check_sequence(command, line)
+        if isinstance(command, ev.Bdat):
+            return self._start_chunk(command, checked)
+        return checked
 
     @staticmethod
     def _discard_but_cr(buffer: bytearray) -> None:
@@ -412,16 +609,36 @@ class ServerConnection:
 
     def _check_sequence(self, command: ev.Command, line: bytes) -> ev.Command:
         kind = type(command)
-        if kind in ALLOWED[self.state]:
+        state = self.state
+        text = None
+        if state is State.NO_SERVICE:
+            if kind in ALLOWED[state]:
+                return command
+            # RFC 5321 §3.1: after a 554 greeting, 503 to all but QUIT.
+            text = "Error: no service here; only QUIT"
+        elif kind is ev.StartTls and self.tls:
+            # RFC 3207 §4.2: no second handshake.
+            text = "Error: TLS already active"
+        elif kind is ev.Auth and self.authenticated:
+            # RFC 4954 §4: no AUTH after a successful one.
+            text = "Error: already authenticated"
+        elif kind is ev.Auth and state is State.READY and not self.esmtp:
+            # AUTH is an extension; a HELO client has seen none.
+            text = "Error: send EHLO first"
+        elif kind in ALLOWED[state]:
             if kind is ev.Rcpt and len(self.transaction.recipients) >= self.limits.max_recipients:
                 # RFC 5321 §4.5.3.1.10.
                 return ev.BadCommand(Reply(452, "4.5.3", "Error: too many recipients"), line)
             return command
-        if self.state is State.NO_SERVICE:
-            # RFC 5321 §3.1: after a 554 greeting, 503 to all but QUIT.
-            text = "Error: no service here; only QUIT"
-        elif kind is ev.Mail and self.state in (State.MAIL, State.RCPT):
+        elif kind is ev.Mail and state in _IN_TRANSACTION:
             text = "Error: nested MAIL command"
+        elif kind in (ev.StartTls, ev.Auth) and state in _IN_TRANSACTION:
+            # RFC 3207 §4, RFC 4954 §4: not during a mail transaction.
+            text = "Error: MAIL transaction in progress"
+        elif state is State.BDAT:
+            # RFC 3030 §2: DATA after BDAT in one transaction is 503, and
+            # the recipients were settled before the first chunk.
+            text = "Error: BDAT in progress"
         else:
             text = _SEQUENCE_ERRORS.get(kind, "Error: bad sequence of commands")
         return ev.BadCommand(Reply(503, "5.5.1", text), line)
@@ -430,8 +647,10 @@ class ServerConnection:
         """
         The reply that the server gives to *command* when no policy has a
         say: for NOOP, RSET, QUIT, DATA, VRFY, EXPN, HELP, the refusals
-        of :class:`BadCommand`, and the end of a message (its
-        :attr:`~EndOfMessage.problem`, or 250).
+        of :class:`BadCommand`, the end of a message or a BDAT chunk (its
+        ``problem``, or 250), ``220`` to STARTTLS, and for AUTH, which the
+        core cannot verify, ``504 5.5.4`` to :class:`Auth`, ``535 5.7.8``
+        to :class:`AuthResponse` and ``501 5.0.0`` to :class:`AuthCancel`.
         """
         if isinstance(command, ev.BadCommand):
             return command.reply
@@ -439,9 +658,11 @@ class ServerConnection:
             return self.helo_reply(command)
         if isinstance(command, ev.Mail | ev.Rcpt):
             return Reply(250, "2.1.0" if isinstance(command, ev.Mail) else "2.1.5", "OK")
-        if isinstance(command, ev.EndOfMessage):
+        if isinstance(command, ev.EndOfMessage | ev.Bdat):
             if command.problem is not None:
                 return command.problem
+            if isinstance(command, ev.Bdat) and not command.last:
+                return Reply(250, "2.0.0", f"OK: {command.size} octets received")
             return Reply(250, "2.0.0", "OK")
         return _DEFAULT_REPLIES[type(command)]
 
@@ -458,9 +679,22 @@ class ServerConnection:
         the greeting), and return the bytes to write.
 
         A 421 reply, or too many errors, closes the session
-        (:attr:`closed`); so does 221 to QUIT.
+        (:attr:`closed`); so does 221 to QUIT. ``220`` to STARTTLS throws
+        away every octet received so far (start the TLS handshake right
+        after writing it).
+
+        :raises RuntimeError: for a positive reply that the command cannot
+            have: DATA takes only 354, STARTTLS 220, AUTH and its responses
+            334 or 235, and a cancelled AUTH none. Nothing changes then.
         """
         command = self._pending
+        if command is not None and reply.code < 400:
+            allowed = _POSITIVE_CODES.get(type(command))
+            if allowed is not None and reply.code not in allowed:
+                codes = " or ".join(str(code) for code in sorted(allowed)) or "a refusal"
+                raise RuntimeError(
+                    f"{type(command).__name__} must be answered with {codes}, not {reply}"
+                )
         self._pending = None
         out = [reply.render()]
         if self.state is State.CONNECTED:
@@ -478,37 +712,61 @@ class ServerConnection:
         if _is_error(command, reply):
             self.errors += 1
             if self.errors >= self.limits.max_errors:
-                out.append(
-                    Reply(421, "4.7.0", f"{self.hostname} Error: too many errors").render()
-                )
+                out.append(Reply(421, "4.7.0", f"{self.hostname} Error: too many errors").render())
                 self._close()
         return b"".join(out)
 
     def _close(self) -> None:
         self.state = State.CLOSED
         self._reader = None
+        self._chunk = None
         # Nothing more is read (RFC 5321 §4.1.1.10, §3.8).
         del self._buffer[:]
 
+    def _reset_transaction(self) -> None:
+        self.transaction = Transaction()
+        self._message = None
+
+    def _start_tls(self) -> None:
+        """
+        RFC 3207 §4.2: the session starts over, and the server forgets all
+        it learned from the client. Octets received before the handshake
+        are never executed (the CVE-2011-0411 class of attack).
+        """
+        del self._buffer[:]
+        self._discarding = False
+        self.tls = True
+        self.esmtp = False
+        self.client_name = ""
+        self.authenticated = False
+        self._reset_transaction()
+        self._advertise()
+
     def _transition(self, command: ev.Command, reply: Reply) -> None:
-        positive = reply.code < 400
-        if isinstance(command, ev.Helo | ev.Ehlo) and positive:
+        result = outcome(command, reply)
+        accepted = result is Outcome.ACCEPTED
+        if isinstance(command, ev.Helo | ev.Ehlo) and accepted:
             self.esmtp = isinstance(command, ev.Ehlo)
             self.client_name = command.name
-            self.transaction = Transaction()
-        elif isinstance(command, ev.Rset) and positive:
-            self.transaction = Transaction()
-        elif isinstance(command, ev.Mail) and positive:
+            self._reset_transaction()
+        elif isinstance(command, ev.Rset) and accepted:
+            self._reset_transaction()
+        elif isinstance(command, ev.Mail) and accepted:
             self.transaction = Transaction(command.sender, command)
-        elif isinstance(command, ev.Rcpt) and positive:
+            self._message = None
+        elif isinstance(command, ev.Rcpt) and accepted:
             self.transaction.recipients.append(command.recipient)
-        elif isinstance(command, ev.Data) and positive:
-            if reply.code != 354:
-                raise RuntimeError(f"DATA must be answered with 354 to proceed, not {reply}")
+        elif isinstance(command, ev.Data) and result is Outcome.CONTINUE:
             self._reader = _DataReader(self.limits.max_message_size, self.limits.max_hops)
         elif isinstance(command, ev.EndOfMessage):
-            self.transaction = Transaction()
-        next_state = TRANSITIONS.get((self.state, type(command), positive))
+            self._reset_transaction()
+        elif isinstance(command, ev.Bdat) and (command.last or not accepted):
+            self._reset_transaction()
+        elif isinstance(command, ev.StartTls) and accepted:
+            self._start_tls()
+        elif isinstance(command, ev.Auth | ev.AuthResponse) and reply.code == 235:
+            self.authenticated = True
+        next_state = TRANSITIONS.get((self.state, type(command), result))
         if next_state is not None:
             self.state = next_state
 
@@ -519,8 +777,8 @@ class ServerConnection:
 
 def _is_error(command: ev.Command, reply: Reply) -> bool:
     """Whether *reply* to *command* counts towards :attr:`Limits.max_errors`."""
-    if reply.code < 400 or isinstance(command, ev.EndOfMessage):
-        # Refusing a message is not the client's error.
+    if reply.code < 400 or isinstance(command, ev.EndOfMessage | ev.Bdat):
+        # Refusing a message, or a chunk of one, is not the client's error.
         return False
     if reply.code == 452 and (
         isinstance(command, ev.Rcpt)

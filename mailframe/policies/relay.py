@@ -21,6 +21,7 @@ from typing import Any
 from mailframe.address import Mailbox
 from mailframe.envelope import ClientInfo
 from mailframe.policies._base import CONTINUE, PolicyBase
+from mailframe.policies._domains import domain_key
 from mailframe.reply import Reply
 from mailframe.verdict import Action, Verdict
 
@@ -61,12 +62,12 @@ class RelayControl(PolicyBase):
     """
 
     def __init__(self, local_domains: Iterable[str], relay_networks: Iterable[Network]) -> None:
-        self.local_domains = frozenset(d.lower() for d in local_domains)
+        self.local_domains = frozenset(domain_key(d) for d in local_domains)
         self.relay_networks = tuple(relay_networks)
 
     def is_local(self, recipient: Mailbox) -> bool:
         """``True`` for a local domain, or ``<postmaster>`` without one."""
-        return recipient.domain.lower() in self.local_domains or recipient.domain == ""
+        return domain_key(recipient.domain) in self.local_domains or recipient.domain == ""
 
     def may_relay(self, client: ClientInfo) -> bool:
         """``True`` for an authenticated client or one in the relay networks."""

@@ -16,6 +16,7 @@ from typing import Any
 
 from mailframe.address import Mailbox
 from mailframe.policies._base import CONTINUE, PolicyBase
+from mailframe.policies._domains import domain_key
 from mailframe.reply import Reply
 from mailframe.verdict import Action, Verdict
 
@@ -71,12 +72,12 @@ class LocalRecipients(PolicyBase):
 
     def __init__(self, domains: Mapping[str, Any] | Iterable[str],
                  users: frozenset[str] | None = None) -> None:
-        self.domains = frozenset(d.lower() for d in domains)
+        self.domains = frozenset(domain_key(d) for d in domains)
         self.users = users
 
     def rcpt(self, client: Any, sender: Any, recipient: Any, parameters: Any) -> Verdict:
         assert isinstance(recipient, Mailbox)
-        if recipient.domain and recipient.domain.lower() not in self.domains:
+        if recipient.domain and domain_key(recipient.domain) not in self.domains:
             return CONTINUE
         if recipient.is_postmaster:
             return CONTINUE

@@ -9,6 +9,7 @@ the final dot only once the queue store says the message is durable.
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -17,10 +18,13 @@ from functools import partial
 from typing import Any
 
 import attrs
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import interfaces
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -29,10 +33,18 @@ from mailframe import core
 from mailframe.envelope import ClientInfo, Envelope
 from mailframe.interfaces import IQueueStore, IQueueWriter
 from mailframe.protocols._chain import ask_policies
+from mailframe.protocols._sasl import MECHANISMS, Challenge, SaslExchange, start_exchange
+from mailframe.protocols._tls import ServerTLS, describe_tls
 from mailframe.reply import Reply
 from mailframe.verdict import Action, Verdict
 
-__all__ = ["ConnectionCounts", "ServerSettings", "SMTPServerFactory", "SMTPServerProtocol"]
+__all__ = [
+    "AuthFailures",
+    "ConnectionCounts",
+    "ServerSettings",
+    "SMTPServerFactory",
+    "SMTPServerProtocol",
+]
 
 #: RFC 5321 §4.5.3.2.7: the server waits at least 5 minutes for a command.
 MIN_IDLE_TIMEOUT = 300.0
@@ -46,6 +58,49 @@ _PLUGIN_FAILURE = Reply(451, "4.3.0", "Error: internal error in processing")
 _NO_ROOM = Reply(452, "4.3.1", "Error: insufficient system storage")
 _COMMIT_FAILED = Reply(451, "4.3.0", "Error: queue file write error")
 _TIMEOUT = Reply(421, "4.4.2", "Error: timeout exceeded")
+_STARTTLS = Reply(220, "2.0.0", "Ready to start TLS")
+_NEED_TLS = Reply(530, "5.7.0", "Must issue a STARTTLS command first")
+_NEED_AUTH = Reply(530, "5.7.0", "Authentication required")
+_AUTH_OK = Reply(235, "2.7.0", "Authentication successful")
+_AUTH_FAILED = Reply(535, "5.7.8", "Error: authentication failed")
+_AUTH_UNAVAILABLE = Reply(454, "4.7.0", "Temporary authentication failure")
+_AUTH_MECHANISM = Reply(504, "5.5.4", "Error: unsupported authentication mechanism")
+_AUTH_TOO_MANY = Reply(421, "4.7.0", "Error: too many failed authentication attempts")
+
+
+class AuthFailures:
+    """
+    Failed AUTH attempts per client address, shared by a server's listeners.
+
+    Each failure delays the reply to it by *delay* times the failures so
+    far; at *limit* failures the client gets ``421`` and is disconnected,
+    and stays refused until *forget_after* seconds pass without a failure.
+    """
+
+    def __init__(self, clock: interfaces.IReactorTime, limit: int = 3, delay: float = 1.0,
+                 forget_after: float = 600.0) -> None:
+        self.clock = clock
+        self.limit = limit
+        self.delay = delay
+        self.forget_after = forget_after
+        self._failures: dict[str, tuple[int, float]] = {}
+
+    def count(self, address: str) -> int:
+        """The failures of *address* that are not forgotten yet."""
+        failures, last = self._failures.get(address, (0, 0.0))
+        if failures and self.clock.seconds() - last > self.forget_after:
+            del self._failures[address]
+            return 0
+        return failures
+
+    def failed(self, address: str) -> int:
+        """Count one more failure; return the failures so far."""
+        failures = self.count(address) + 1
+        self._failures[address] = (failures, self.clock.seconds())
+        return failures
+
+    def succeeded(self, address: str) -> None:
+        self._failures.pop(address, None)
 
 
 @attrs.frozen
@@ -64,6 +119,18 @@ class ServerSettings:
         ``smtpd_client_event_limit_exceptions``).
     :ivar name: the listener's name, in ``ClientInfo.listener`` and the logs.
     :ivar extensions: extra EHLO keywords to advertise.
+    :ivar tls: the certificates that STARTTLS offers (RFC 3207), or
+        ``None`` for no STARTTLS. A listener on an ``ssl:`` endpoint
+        (RFC 8314) is in TLS from the start and never offers STARTTLS.
+    :ivar require_tls: refuse MAIL with ``530 5.7.0`` until TLS is active.
+    :ivar auth: ``"none"``, ``"offered"`` or ``"required"`` (refuse MAIL with
+        ``530 5.7.0`` until AUTH succeeded), RFC 4954.
+    :ivar auth_without_tls: offer AUTH before TLS is active (by default it
+        is offered only over TLS, so passwords never cross in clear).
+    :ivar checker: the :mod:`twisted.cred` checker of
+        :class:`~twisted.cred.credentials.IUsernamePassword` that AUTH uses.
+    :ivar smtputf8: advertise SMTPUTF8 (RFC 6531).
+    :ivar chunking: advertise CHUNKING, and accept BDAT (RFC 3030).
     """
 
     hostname: str
@@ -75,6 +142,14 @@ class ServerSettings:
     limit_exemptions: tuple[Any, ...] = ()
     name: str = "smtp"
     extensions: tuple[str, ...] = ()
+    tls: ServerTLS | None = None
+    require_tls: bool = False
+    auth: str = attrs.field(default="none", validator=attrs.validators.in_(
+        ("none", "offered", "required")))
+    auth_without_tls: bool = False
+    checker: Any = None
+    smtputf8: bool = True
+    chunking: bool = True
 
 
 class _Throttle:
@@ -125,6 +200,7 @@ def _client_info(peer: object, listener: str) -> ClientInfo:
     return ClientInfo(listener=listener)
 
 
+@implementer(interfaces.IHandshakeListener)
 class SMTPServerProtocol(Protocol):
     """
     One SMTP server session.
@@ -150,12 +226,19 @@ class SMTPServerProtocol(Protocol):
         self._gone = False
         self._committing = False
         self._close_after_reply = False
+        self._sasl: SaslExchange | None = None
+        self._tls_started = False
 
     # -- Twisted protocol -------------------------------------------------
 
     def connectionMade(self) -> None:
         assert self.transport is not None
-        self.client = _client_info(self.transport.getPeer(), self.factory.settings.name)
+        settings = self.factory.settings
+        self.client = _client_info(self.transport.getPeer(), settings.name)
+        # An ssl: endpoint (RFC 8314) gives a transport that is TLS already.
+        implicit = interfaces.ISSLTransport.providedBy(self.transport)
+        self.conn = core.ServerConnection(settings.hostname, settings.limits, tls=implicit)
+        self.conn.set_extensions(self._extensions())
         self._throttle = _Throttle(self.transport)  # type: ignore[arg-type]
         self._arm_timer()
         refusal = self.factory.admit(self)
@@ -169,7 +252,30 @@ class SMTPServerProtocol(Protocol):
         self.conn.receive_data(data)
         self._process()
 
+    def handshakeCompleted(self) -> None:
+        """TLS is up (after STARTTLS, or at once on an ``ssl:`` endpoint)."""
+        self.client = attrs.evolve(self.client, tls=describe_tls(self.transport))
+        self.log.debug("TLS with {client.address}: {client.tls}", client=self.client)
+
+    def _extensions(self) -> tuple[str, ...]:
+        """The EHLO keywords this session offers now, beyond the core's own."""
+        settings = self.factory.settings
+        extensions = list(settings.extensions)
+        if settings.tls is not None and not self.conn.tls:
+            extensions.append("STARTTLS")
+        if (settings.auth != "none" and settings.checker is not None
+                and (self.conn.tls or settings.auth_without_tls)):
+            extensions.append("AUTH " + " ".join(MECHANISMS))
+        if settings.smtputf8:
+            extensions.append("SMTPUTF8")
+        if settings.chunking:
+            extensions.append("CHUNKING")
+        return tuple(extensions)
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._tls_started and self.client.tls is None and not self._gone:
+            self.log.info("TLS handshake with {client.address} failed: {error}",
+                          client=self.client, error=reason.getErrorMessage())
         self._gone = True
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
@@ -188,8 +294,11 @@ class SMTPServerProtocol(Protocol):
             while not self._waiting and not self._gone and not self.conn.closed:
                 event = self.conn.next_event()
                 if isinstance(event, core.MessageData):
-                    if self._writer is not None:
-                        self._writer.write(event.data)
+                    if self._writer is None:
+                        # The first chunk of a BDAT transaction.
+                        self._open_writer()
+                    assert self._writer is not None
+                    self._writer.write(event.data)
                 elif isinstance(event, core.ConnectionClosed):
                     self._abort_writer()
                     self._lose()
@@ -244,12 +353,27 @@ class SMTPServerProtocol(Protocol):
         if self._gone:
             return
         assert self.transport is not None
+        was_tls = self.conn.tls
         self.transport.write(self.conn.send(reply))
+        if self.conn.tls and not was_tls:
+            self._start_tls()
         if self.conn.closed or self._close_after_reply:
             if self._close_after_reply and not self.conn.closed:
                 self.transport.write(self.conn.send(self.conn.shutdown_reply()))
             self._abort_writer()
             self._lose()
+
+    def _start_tls(self) -> None:
+        """
+        The 220 to STARTTLS is written; the core has thrown away whatever the
+        client sent after STARTTLS, and forgotten the session (RFC 3207 §4.2).
+        """
+        tls = self.factory.settings.tls
+        assert tls is not None and self.transport is not None
+        self._tls_started = True
+        self.client = attrs.evolve(self.client, helo="", esmtp=False, authenticated_as=None)
+        self.transport.startTLS(tls.options())  # type: ignore[attr-defined]
+        self.conn.set_extensions(self._extensions())
 
     def _lose(self) -> None:
         if self.transport is not None and not self._gone:
@@ -286,9 +410,20 @@ class SMTPServerProtocol(Protocol):
         if isinstance(event, core.Rcpt):
             return self._rcpt(event)
         if isinstance(event, core.Data):
-            return self._data()
+            self._open_writer()
+            return self.conn.default_reply(event)
         if isinstance(event, core.EndOfMessage):
-            return self._end_of_message(event)
+            return self._complete(event.size, event.headers, event.problem)
+        if isinstance(event, core.Bdat):
+            return self._bdat(event)
+        if isinstance(event, core.StartTls):
+            return _STARTTLS
+        if isinstance(event, core.Auth):
+            return self._auth(event)
+        if isinstance(event, core.AuthResponse):
+            return self._auth_step(event.data)
+        if isinstance(event, core.AuthCancel):
+            self._sasl = None
         return self.conn.default_reply(event)
 
     def _helo(self, event: core.Ehlo | core.Helo) -> Reply | Deferred[Reply]:
@@ -307,6 +442,11 @@ class SMTPServerProtocol(Protocol):
         return remember(result)
 
     def _mail(self, event: core.Mail) -> Reply | Deferred[Reply]:
+        settings = self.factory.settings
+        if settings.require_tls and not self.conn.tls:
+            return _NEED_TLS
+        if settings.auth == "required" and not self.conn.authenticated:
+            return _NEED_AUTH
         if not self.factory.store.has_room(event.size or 0):
             return _NO_ROOM
         return _verdict_reply(
@@ -336,18 +476,87 @@ class SMTPServerProtocol(Protocol):
             return result.addCallback(outcome)
         return outcome(result)
 
-    def _data(self) -> Reply:
+    def _open_writer(self) -> None:
+        """Start the message in the store, with our ``Received:`` on top."""
         writer = self.factory.store.open_writer()
         self._writer = writer
         writer.write(self._received_header(writer.queue_id))
         assert self._throttle is not None
         writer.registerProducer(_WriterProducer(self._throttle), True)
-        return self.conn.default_reply(core.Data())
+
+    def _bdat(self, event: core.Bdat) -> Reply | Deferred[Reply]:
+        """One BDAT chunk has been read (RFC 3030 §2)."""
+        if self._writer is None:
+            self._open_writer()
+        if event.last:
+            return self._complete(event.total, event.headers, event.problem)
+        if event.problem is not None:
+            self._abort_writer()
+            return event.problem
+        return Reply(250, "2.0.0", f"{event.size} octets received")
+
+    # -- AUTH (RFC 4954) -----------------------------------------------------------
+
+    def _auth(self, event: core.Auth) -> Reply | Deferred[Reply]:
+        failures = self.factory.auth_failures
+        if failures.count(self.client.address) >= failures.limit:
+            return _AUTH_TOO_MANY
+        exchange = start_exchange(event.mechanism)
+        if exchange is None:
+            return _AUTH_MECHANISM
+        self._sasl = exchange
+        return self._auth_step(event.initial)
+
+    def _auth_step(self, response: bytes | None) -> Reply | Deferred[Reply]:
+        exchange, self._sasl = self._sasl, None
+        if exchange is None:
+            return Reply(503, "5.5.1", "Error: no authentication in progress")
+        outcome = exchange.step(response)
+        if isinstance(outcome, Challenge):
+            self._sasl = exchange
+            return Reply(334, None, base64.b64encode(outcome.data).decode("ascii"))
+        if isinstance(outcome, Reply):
+            return self._auth_failed(outcome) if outcome.code == 535 else outcome
+        username = outcome.username
+        checker = self.factory.settings.checker
+        d = maybeDeferred(checker.requestAvatarId,
+                          UsernamePassword(username.encode("utf-8"),
+                                           outcome.password.encode("utf-8")))
+
+        def succeeded(avatar: object) -> Reply:
+            self.factory.auth_failures.succeeded(self.client.address)
+            self.client = attrs.evolve(self.client, authenticated_as=username)
+            self.log.info("{client.address} authenticated as {username}",
+                          client=self.client, username=username)
+            return _AUTH_OK
+
+        def failed(failure: Failure) -> Reply | Deferred[Reply]:
+            if failure.check(UnauthorizedLogin):
+                self.log.info("AUTH failed for {username} from {client.address}",
+                              username=username, client=self.client)
+                return self._auth_failed(_AUTH_FAILED)
+            self.log.failure("The AUTH checker failed", failure)
+            return _AUTH_UNAVAILABLE
+
+        return d.addCallbacks(succeeded, failed)
+
+    def _auth_failed(self, reply: Reply) -> Deferred[Reply]:
+        """Count a failure, and answer it late: later for each failure."""
+        failures = self.factory.auth_failures
+        count = failures.failed(self.client.address)
+        if count >= failures.limit:
+            reply = _AUTH_TOO_MANY
+        return deferLater(self.factory.clock, failures.delay * count, lambda: reply)
 
     def _received_header(self, queue_id: str) -> bytes:
         """The trace field of RFC 5321 §4.4, with RFC 3848 protocol names."""
         client = self.client
-        protocol = "ESMTP" if client.esmtp else "SMTP"
+        mail = self.conn.transaction.mail
+        # RFC 3848 and RFC 6531 §3.7.4 name the protocol.
+        if mail is not None and mail.smtputf8:
+            protocol = "UTF8SMTP"
+        else:
+            protocol = "ESMTP" if client.esmtp else "SMTP"
         if client.esmtp and client.tls:
             protocol += "S"
         if client.esmtp and client.authenticated_as:
@@ -371,7 +580,10 @@ class SMTPServerProtocol(Protocol):
             lines.append(f"\t{stamp}")
         return ("\r\n".join(lines) + "\r\n").encode("utf-8")
 
-    def _end_of_message(self, event: core.EndOfMessage) -> Reply | Deferred[Reply]:
+    def _complete(
+        self, size: int, headers: bytes, problem: Reply | None
+    ) -> Reply | Deferred[Reply]:
+        """The whole message has arrived (final dot, or BDAT LAST)."""
         writer = self._writer
         if writer is None:
             return _PLUGIN_FAILURE
@@ -390,30 +602,30 @@ class SMTPServerProtocol(Protocol):
             client=self.client,
             received_at=self.factory.clock.seconds(),
         )
-        if event.problem is not None:
+        if problem is not None:
             self._abort_writer()
-            self._log_message(envelope, writer.queue_id, event.size, "rejected", event.problem)
-            return event.problem
-        verdict = ask_policies(self.factory.policies, "end_of_data", envelope, event.headers,
+            self._log_message(envelope, writer.queue_id, size, "rejected", problem)
+            return problem
+        verdict = ask_policies(self.factory.policies, "end_of_data", envelope, headers,
                                writer.open_message)
         if isinstance(verdict, Deferred):
-            return verdict.addCallback(self._finish, writer, envelope, event)
-        return self._finish(verdict, writer, envelope, event)
+            return verdict.addCallback(self._finish, writer, envelope, size)
+        return self._finish(verdict, writer, envelope, size)
 
     def _finish(
         self, verdict: Verdict, writer: IQueueWriter, envelope: Envelope,
-        event: core.EndOfMessage,
+        size: int,
     ) -> Reply | Deferred[Reply]:
         queue_id = writer.queue_id
         refusal = verdict.effective_reply
         if refusal is not None:
             self._abort_writer()
-            self._log_message(envelope, queue_id, event.size, "rejected", refusal)
+            self._log_message(envelope, queue_id, size, "rejected", refusal)
             return refusal
         if verdict.action is Action.DISCARD:
             self._abort_writer()
             reply = Reply(250, "2.0.0", f"Ok: discarded as {queue_id}")
-            self._log_message(envelope, queue_id, event.size, "discarded", reply)
+            self._log_message(envelope, queue_id, size, "discarded", reply)
             return reply
         if verdict.headers:
             envelope = attrs.evolve(envelope, added_headers=verdict.headers)
@@ -428,7 +640,7 @@ class SMTPServerProtocol(Protocol):
 
         def queued(qid: str) -> Reply:
             reply = Reply(250, "2.0.0", f"Ok: queued as {qid}")
-            self._log_message(envelope, qid, event.size,
+            self._log_message(envelope, qid, size,
                               "held" if verdict.action is Action.HOLD else "queued", reply)
             self.factory.queued(qid)
             return reply
@@ -544,6 +756,7 @@ class SMTPServerFactory(Factory):
     :param on_queued: called with each new queue id once it is committed.
     :param counts: session counts shared with the server's other listeners;
         by default this listener counts its own.
+    :param auth_failures: failed AUTH attempts, shared the same way.
     """
 
     protocol = SMTPServerProtocol
@@ -556,8 +769,10 @@ class SMTPServerFactory(Factory):
         clock: interfaces.IReactorTime,
         on_queued: Callable[[str], None] | None = None,
         counts: ConnectionCounts | None = None,
+        auth_failures: AuthFailures | None = None,
     ) -> None:
         self.settings = settings
+        self.auth_failures = auth_failures if auth_failures is not None else AuthFailures(clock)
         self.store = store
         self.policies = list(policies)
         self.clock = clock

@@ -15,6 +15,7 @@ from zope.interface import implementer
 from mailframe.address import Mailbox
 from mailframe.envelope import Route
 from mailframe.interfaces import IRouter
+from mailframe.policies._domains import domain_key
 from mailframe.policies.users import local_mailbox_name
 from mailframe.reply import Reply
 
@@ -35,11 +36,11 @@ class LocalRouter:
     """
 
     def __init__(self, local_domains: Mapping[str, str]) -> None:
-        self.local_domains = {d.lower(): path for d, path in local_domains.items()}
+        self.local_domains = {domain_key(d): path for d, path in local_domains.items()}
         self._primary = next(iter(self.local_domains), None)
 
     def route(self, envelope: Any, recipient: Mailbox) -> Deferred[list[RouteTriple]]:
-        domain = recipient.domain.lower() or self._primary
+        domain = domain_key(recipient.domain) if recipient.domain else self._primary
         if domain is None or domain not in self.local_domains:
             return succeed([(recipient, recipient, Route(OUTBOUND))])
         name = local_mailbox_name(recipient.local_part)

@@ -14,6 +14,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mailframe.interfaces import IQueueStore
+from mailframe.protocols._tls import ServerTLS
 from mailframe.protocols.server import SMTPServerFactory
 from mailframe.services.listener import ListeningService
 from mailframe.services.queuerunner import QueueRunner
@@ -39,6 +40,7 @@ class MailService(MultiService):
         :class:`~mailframe.protocols.server.SMTPServerFactory`.
     :param runner: the queue runner.
     :param grace: seconds given to connected sessions on shutdown.
+    :param tls: the STARTTLS certificates, which :meth:`reload` reads again.
 
     :ivar ready: fires once the queue is recovered and every listener
         listens; fails if recovery failed or a listener could not listen.
@@ -52,8 +54,10 @@ class MailService(MultiService):
         listeners: Sequence[ListeningService],
         runner: QueueRunner,
         grace: float = DEFAULT_GRACE,
+        tls: ServerTLS | None = None,
     ) -> None:
         super().__init__()
+        self.tls = tls
         self.store = store
         self.listeners = list(listeners)
         self.runner = runner
@@ -80,6 +84,14 @@ class MailService(MultiService):
             self.ready.errback(failure)
 
         d.addCallback(recovered).addCallbacks(lambda _: self.ready.callback(None), failed)
+
+    def reload(self) -> None:
+        """
+        Read the TLS certificate and key again (on SIGHUP). Sessions that
+        are connected keep theirs; new ones get the new certificate.
+        """
+        if self.tls is not None:
+            self.tls.reload()
 
     def addresses(self) -> list[IAddress]:
         """The addresses the listeners listen on (once :attr:`ready`)."""

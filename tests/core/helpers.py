@@ -7,6 +7,12 @@ A transcript is the list of events and reply bytes, in order. Consecutive
 :class:`~mailframe.core.MessageData` events are merged into one, since how
 message data is cut into events depends on how it arrived; everything else
 must be the same whatever the feeding.
+
+STARTTLS is modelled as a TLS layer would see it: once the core has answered
+``220``, the plaintext still to be fed is dropped (a real handshake would
+refuse it), and what the client sends over TLS (*secured*) is fed next. The
+core's own discarding of what it had buffered is what the ``whole`` and
+``trailing`` feedings exercise.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import attrs
 from mailframe.core import (
     NEED_DATA,
     PAUSED,
+    Bdat,
     Command,
     ConnectionClosed,
     EndOfMessage,
@@ -27,6 +34,7 @@ from mailframe.core import (
     MessageData,
     Sentinel,
     ServerConnection,
+    StartTls,
     State,
 )
 from mailframe.reply import Reply
@@ -52,6 +60,8 @@ class Transcript:
     errors: int
     closed: bool
     recipients: int
+    tls: bool = False
+    authenticated: bool = False
 
     @property
     def replies(self) -> list[bytes]:
@@ -79,6 +89,28 @@ class Transcript:
                 data = b""
         return out
 
+    @property
+    def chunked_messages(self) -> list[tuple[bytes, Bdat]]:
+        """
+        Each message sent with BDAT: its data with the event of the chunk
+        that ended it (the LAST one, or one that was refused).
+        """
+        out = []
+        data = b""
+        items = self.items
+        for index, item in enumerate(items):
+            if isinstance(item, MessageData):
+                data += item.data
+            elif isinstance(item, EndOfMessage):
+                data = b""
+            elif isinstance(item, Bdat):
+                reply = items[index + 1]
+                assert isinstance(reply, bytes)
+                if item.last or int(reply[:3]) >= 400:
+                    out.append((data, item))
+                    data = b""
+        return out
+
 
 def by_type(replies: Mapping[type[Command], Reply]) -> Replier:
     """A replier that answers some command types with fixed replies."""
@@ -97,21 +129,37 @@ def run(
     greeting: Reply = GREETING,
     limits: Limits | None = None,
     extensions: tuple[str, ...] = (),
+    tls: bool = False,
+    secured: Iterable[bytes] | None = None,
+    tls_extensions: tuple[str, ...] | None = None,
     conn: ServerConnection | None = None,
 ) -> Transcript:
     """
     Greet, feed *chunks* one at a time, pulling every event after each and
     answering each command at once, then (with *eof*) close.
+
+    :param tls: the connection starts with TLS (implicit TLS).
+    :param secured: what the client sends once STARTTLS was answered 220;
+        the plaintext chunks left then are dropped, as a TLS layer would.
+    :param tls_extensions: the extensions to advertise once TLS is up.
     """
     if conn is None:
-        conn = ServerConnection("mx.example", limits or Limits(), extensions)
+        conn = ServerConnection("mx.example", limits or Limits(), extensions, tls=tls)
     items: list[Item] = [conn.send(greeting)]
+    plain = conn.tls
     for chunk in chunks:
         conn.receive_data(chunk)
-        _pump(conn, items, replier)
+        _pump(conn, items, replier, tls_extensions)
+        if conn.tls and not plain:
+            break
+    if secured is not None:
+        assert conn.tls and not plain, "STARTTLS did not start TLS"
+        for chunk in secured:
+            conn.receive_data(chunk)
+            _pump(conn, items, replier, tls_extensions)
     if eof:
         conn.receive_data(b"")
-        _pump(conn, items, replier)
+        _pump(conn, items, replier, tls_extensions)
     return Transcript(
         tuple(items),
         conn.state,
@@ -119,10 +167,17 @@ def run(
         conn.errors,
         conn.closed,
         len(conn.transaction.recipients),
+        conn.tls,
+        conn.authenticated,
     )
 
 
-def _pump(conn: ServerConnection, items: list[Item], replier: Replier | None) -> None:
+def _pump(
+    conn: ServerConnection,
+    items: list[Item],
+    replier: Replier | None,
+    tls_extensions: tuple[str, ...] | None = None,
+) -> None:
     while True:
         event = conn.next_event()
         if isinstance(event, Sentinel):
@@ -135,6 +190,9 @@ def _pump(conn: ServerConnection, items: list[Item], replier: Replier | None) ->
         if isinstance(event, Command):
             reply = replier(conn, event) if replier is not None else None
             items.append(conn.send(reply if reply is not None else conn.default_reply(event)))
+            if isinstance(event, StartTls) and conn.tls and tls_extensions is not None:
+                # As an adapter does once the handshake is done.
+                conn.set_extensions(tls_extensions)
         elif isinstance(event, ConnectionClosed):
             assert conn.next_event() is NEED_DATA
             return
@@ -146,6 +204,11 @@ def answer(conn: ServerConnection, count: int = 1) -> None:
         event = conn.next_event()
         assert isinstance(event, Command), event
         conn.send(conn.default_reply(event))
+
+
+def state(conn: ServerConnection) -> State:
+    """The state now (a function, so that type checkers do not narrow it)."""
+    return conn.state
 
 
 def split(data: bytes, size: int) -> list[bytes]:
@@ -160,12 +223,28 @@ FEEDINGS: dict[str, Callable[[bytes], list[bytes]]] = {
 }
 
 
-def check(script: bytes, *, feedings: Iterable[str] = FEEDINGS, **kwargs: Any) -> Transcript:
+def check(
+    script: bytes,
+    *,
+    feedings: Iterable[str] = FEEDINGS,
+    secured: bytes | None = None,
+    **kwargs: Any,
+) -> Transcript:
     """
     Run *script* fed whole, one byte at a time, and with trailing data, and
     assert that the three transcripts agree. Returns the transcript.
+
+    :param secured: what the client sends after a successful STARTTLS in
+        *script*; it is fed the same way.
     """
-    transcripts = {name: run(FEEDINGS[name](script), **kwargs) for name in feedings}
+    transcripts = {
+        name: run(
+            FEEDINGS[name](script),
+            secured=None if secured is None else FEEDINGS[name](secured),
+            **kwargs,
+        )
+        for name in feedings
+    }
     first, *_rest = transcripts.values()
     for name, transcript in transcripts.items():
         assert transcript == first, f"feeding {name!r} differs"

@@ -113,3 +113,20 @@ def splits(draw: st.DrawFn, data: bytes) -> list[bytes]:
     cuts = draw(st.lists(st.integers(1, len(data) - 1), max_size=12)) if len(data) > 1 else []
     points = [0, *sorted(set(cuts)), len(data)]
     return [data[a:b] for a, b in itertools.pairwise(points)]
+
+
+@st.composite
+def bdat_chunks(draw: st.DrawFn, data: bytes) -> list[bytes]:
+    """*data* cut into BDAT chunks at random places; chunks may be empty."""
+    cuts = draw(st.lists(st.integers(0, len(data)), max_size=8))
+    points = [0, *sorted(cuts), len(data)]
+    return [data[a:b] for a, b in itertools.pairwise(points)]
+
+
+def bdat(chunks: list[bytes]) -> bytes:
+    """*chunks* as BDAT commands with their data, the last one marked LAST."""
+    out = []
+    for index, chunk in enumerate(chunks):
+        last = b" LAST" if index == len(chunks) - 1 else b""
+        out.append(b"BDAT %d%s\r\n" % (len(chunk), last) + chunk)
+    return b"".join(out)

@@ -10,6 +10,8 @@ import pytest
 
 from mailframe.address import NULL_PATH, Mailbox
 from mailframe.core import (
+    Auth,
+    Bdat,
     CommandError,
     Data,
     Ehlo,
@@ -21,6 +23,7 @@ from mailframe.core import (
     Quit,
     Rcpt,
     Rset,
+    StartTls,
     Vrfy,
     parse_command,
 )
@@ -67,6 +70,7 @@ def test_parse(line: bytes, event: object) -> None:
         (b"MAILFROM:<>", 500, "5.5.1"),
         (b"BDAT 10 LAST", 502, "5.5.1"),
         (b"STARTTLS", 502, "5.5.1"),
+        (b"AUTH PLAIN", 503, "5.5.1"),
         (b"EHLO", 501, "5.5.4"),
         (b"VRFY ", 501, "5.5.4"),
         (b"DATA now", 501, "5.5.4"),
@@ -119,3 +123,45 @@ def test_smtputf8_allows_utf8_addresses() -> None:
 def test_quoted_local_part_with_brackets_and_spaces() -> None:
     rcpt = parse_command(b'RCPT TO:<"a > b \\" c"@d.example> NOTIFY=NEVER', ESMTP | {"DSN"})
     assert rcpt == Rcpt(Mailbox('a > b " c', "d.example"), (("NOTIFY", "NEVER"),))
+
+
+OFFERED = ESMTP | {"STARTTLS", "AUTH", "CHUNKING"}
+
+
+@pytest.mark.parametrize(
+    ("line", "event"),
+    [
+        (b"STARTTLS", StartTls()),
+        (b"starttls ", StartTls()),
+        (b"AUTH login", Auth("LOGIN", None)),
+        (b"AUTH PLAIN =", Auth("PLAIN", b"")),
+        (b"AUTH PLAIN AGEAYg==", Auth("PLAIN", b"\x00a\x00b")),
+        (b"BDAT 0", Bdat(0)),
+        (b"BDAT 0 LAST", Bdat(0, True)),
+        (b"BDAT 12345678901234567890 last", Bdat(12345678901234567890, True)),
+    ],
+)
+def test_parse_offered_commands(line: bytes, event: object) -> None:
+    """STARTTLS, AUTH and BDAT are recognised when offered, even before EHLO."""
+    assert parse_command(line, frozenset(), offered=OFFERED) == event
+
+
+@pytest.mark.parametrize(
+    ("line", "code", "status"),
+    [
+        (b"STARTTLS x", 501, "5.5.4"),
+        (b"AUTH", 501, "5.5.4"),
+        (b"AUTH PLAIN x y", 501, "5.5.4"),
+        (b"AUTH PLAIN x", 501, "5.5.2"),
+        (b"BDAT", 501, "5.5.4"),
+        (b"BDAT 1 2", 501, "5.5.4"),
+        (b"BDAT 123456789012345678901", 501, "5.5.4"),
+        (b"MAIL FROM:<> AUTH=a+2", 501, "5.5.4"),
+        ("MAIL FROM:<j\u00f6rg@b.example>".encode(), 553, "5.6.7"),
+        ("RCPT TO:<j\u00f6rg@b.example>".encode(), 553, "5.6.7"),
+    ],
+)
+def test_refused_offered_commands(line: bytes, code: int, status: str) -> None:
+    with pytest.raises(CommandError) as caught:
+        parse_command(line, OFFERED | {"SMTPUTF8"})
+    assert (caught.value.reply.code, caught.value.reply.status) == (code, status)

@@ -11,9 +11,10 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from mailframe.address import Mailbox
-from mailframe.core import EndOfMessage, Mail, Rcpt, parse_command
+from mailframe.core import Auth, Bdat, EndOfMessage, Mail, Rcpt, parse_command
+from mailframe.reply import Reply
 from tests.core import strategies
-from tests.core.helpers import run, session
+from tests.core.helpers import by_type, run, session
 
 START = session(
     "EHLO client.example", "MAIL FROM:<alice@client.example>", "RCPT TO:<bob@mx.example>", "DATA"
@@ -55,6 +56,28 @@ def test_arbitrary_bytes_round_trip(body: bytes, draw: st.DataObject | None) -> 
         b"\r\n"
     )
     assert (end.problem is not None) == bare
+
+
+@given(st.binary(max_size=300), st.data())
+@example(b"\r\n.\r\nQUIT\r\n", None)
+@example(b"", None)
+def test_bdat_round_trip(body: bytes, draw: st.DataObject | None) -> None:
+    """
+    Any octets, cut into random BDAT chunks and the stream fed cut anywhere,
+    come back exact; the message is refused only for a bare CR or LF.
+    """
+    chunks = draw.draw(strategies.bdat_chunks(body)) if draw is not None else [body]
+    stream = START[: -len(b"DATA\r\n")] + strategies.bdat(chunks) + b"QUIT\r\n"
+    pieces = draw.draw(strategies.splits(stream)) if draw is not None else [stream]
+    transcript = run(pieces, extensions=("CHUNKING",))
+    [(data, last)] = transcript.chunked_messages
+    assert data == body
+    assert last == Bdat(len(chunks[-1]), True, len(body), last.headers, last.hops, last.problem)
+    bare = body.count(b"\r") != body.count(b"\r\n") or body.count(b"\n") != body.count(b"\r\n")
+    assert (last.problem is not None) == bare
+    assert transcript.codes[-1] == 221
+    assert sum(isinstance(event, Bdat) for event in transcript.events) == len(chunks)
+    assert transcript == run([stream], extensions=("CHUNKING",))
 
 
 SCRIPT_LINES = [
@@ -107,3 +130,39 @@ def test_mailbox_through_mail(mailbox: Mailbox) -> None:
     event = parse_command(line, ESMTP)
     assert isinstance(event, Mail)
     assert event.sender == mailbox
+
+
+EXTENDED_LINES = [
+    *SCRIPT_LINES,
+    b"AUTH PLAIN\r\n",
+    b"AUTH PLAIN AGEAYg==\r\n",
+    b"AUTH PLAIN QQ\r\n",
+    b"AUTH\r\n",
+    b"dXNlcg==\r\n",
+    b"*\r\n",
+    b"@@@\r\n",
+    b"BDAT 5\r\nab\r\nc",
+    b"BDAT 3 LAST\r\nx\r\n",
+    b"BDAT 0 LAST\r\n",
+    b"BDAT 4 LAST\r\n.\r\n",
+    b"BDAT x\r\n",
+    b"MAIL FROM:<> AUTH=<>\r\n",
+]
+
+
+@given(
+    st.lists(st.sampled_from(EXTENDED_LINES), max_size=25),
+    st.booleans(),
+    st.sampled_from([Reply(334, None, ""), Reply(235, "2.7.0", "OK"), None]),
+    st.data(),
+)
+def test_any_split_gives_the_same_transcript_with_auth_and_bdat(
+    parts: list[bytes], eof: bool, auth_reply: Reply | None, draw: st.DataObject
+) -> None:
+    script = b"".join(parts)
+    chunks = draw.draw(strategies.splits(script))
+    replier = by_type({Auth: auth_reply} if auth_reply is not None else {})
+    extensions = ("AUTH PLAIN", "CHUNKING")
+    split = run(chunks, extensions=extensions, replier=replier, eof=eof)
+    whole = run([script] if script else [], extensions=extensions, replier=replier, eof=eof)
+    assert split == whole

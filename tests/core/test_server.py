@@ -411,8 +411,54 @@ def test_smtputf8() -> None:
 
 
 def test_utf8_address_needs_smtputf8() -> None:
+    """RFC 6531 §3.5: 553 5.6.7 when MAIL did not ask for SMTPUTF8."""
     transcript = check(
         session(EHLO, "MAIL FROM:<j\u00f6rg@b\u00fccher.example>"), extensions=("SMTPUTF8",)
+    )
+    assert transcript.codes == [250, 553]
+    assert transcript.replies[-1] == b"553 5.6.7 SMTPUTF8 is required for non-ASCII addresses\r\n"
+
+
+def test_utf8_recipient_needs_smtputf8_on_mail() -> None:
+    transcript = check(
+        session(EHLO, MAIL, "RCPT TO:<\u7528\u6237@\u4f8b\u5b50.example>", RCPT),
+        extensions=("SMTPUTF8",),
+    )
+    assert transcript.replies[-2:] == [
+        b"553 5.6.7 SMTPUTF8 is required for non-ASCII addresses\r\n",
+        b"250 2.1.5 OK\r\n",
+    ]
+    assert transcript.recipients == 1
+
+
+@pytest.mark.parametrize(
+    ("line", "reply"),
+    [
+        # Not valid even with SMTPUTF8: a syntax error, as before.
+        (
+            "MAIL FROM:<j\u00f6rg@>",
+            "501 5.1.7 Bad sender address syntax: <j\u00f6rg@>",
+        ),
+        (
+            "MAIL FROM:<j\u00f6rg@b\u00fccher.example> SMTPUTF8",
+            "250 2.1.0 OK",
+        ),
+    ],
+)
+def test_utf8_address_syntax(line: str, reply: str) -> None:
+    transcript = check(session(EHLO, line), extensions=("SMTPUTF8",))
+    assert transcript.replies[-1] == reply.encode() + b"\r\n"
+
+
+def test_utf8_address_without_smtputf8_offered() -> None:
+    """Where SMTPUTF8 is not offered, a non-ASCII address is a syntax error."""
+    transcript = check(session(EHLO, "MAIL FROM:<j\u00f6rg@b\u00fccher.example>"))
+    assert transcript.replies[-1] == (
+        "501 5.1.7 Bad sender address syntax: <j\u00f6rg@b\u00fccher.example>\r\n".encode()
+    )
+    transcript = check(
+        session("HELO client.example", "MAIL FROM:<j\u00f6rg@b\u00fccher.example>"),
+        extensions=("SMTPUTF8",),
     )
     assert transcript.codes == [250, 501]
 

@@ -253,7 +253,7 @@ class PipeliningTests(SynchronousTestCase):
             b"EHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<one@example.com>\r\n"
             b"RCPT TO:<two@example.com>\r\nNOOP\r\n"
         )
-        self.assertEqual(len(take(transport)), 6)  # EHLO reply (5 lines) + MAIL reply
+        self.assertEqual(len(take(transport)), 8)  # EHLO reply (7 lines) + MAIL reply
         pending["one"].callback(Verdict.reject(550, "5.1.1", "no one"))
         self.assertEqual(take(transport), ["550 5.1.1 no one"])
         pending["two"].callback(Verdict())
@@ -469,3 +469,15 @@ class SharedLimitTests(SynchronousTestCase):
         first.connectionLost()
         _, admitted = connect(factories[1], host="192.0.2.6")
         self.assertTrue(take(admitted)[0].startswith("220 "))
+
+
+class InternationalDomainTests(SynchronousTestCase):
+    def test_local_domains_compare_by_a_label(self) -> None:
+        from mailframe.address import Mailbox
+        from mailframe.policies._domains import domain_key
+
+        assert domain_key("Bücher.Example") == "xn--bcher-kva.example"
+        policy = RelayControl({"bücher.example": "/x"}, ())
+        self.assertTrue(policy.is_local(Mailbox("a", "xn--bcher-kva.example")))
+        self.assertTrue(policy.is_local(Mailbox("a", "BÜCHER.example")))
+        self.assertFalse(policy.is_local(Mailbox("a", "buecher.example")))
