@@ -77,6 +77,10 @@ class Envelope:
     :ivar added_headers: header fields that policies asked to add, each a
         complete ``Name: value`` line without its line end; transports put
         them before the stored message.
+    :ivar auth: the mailbox to give in ``AUTH=`` when relaying (RFC 4954
+        §5): what an authenticated client gave, or its identity; ``"<>"``
+        when it gave ``AUTH=<>``; ``None`` for a client that did not
+        authenticate, whose ``AUTH=`` is not trusted.
     """
 
     sender: ReversePath
@@ -87,6 +91,7 @@ class Envelope:
     client: ClientInfo = ClientInfo()
     received_at: float = 0.0
     added_headers: tuple[str, ...] = ()
+    auth: str | None = None
 
 
 RouteArgs = tuple[tuple[str, str], ...]

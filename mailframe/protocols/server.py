@@ -484,6 +484,16 @@ class SMTPServerProtocol(Protocol):
         assert self._throttle is not None
         writer.registerProducer(_WriterProducer(self._throttle), True)
 
+    def _auth_parameter(self, mail: core.Mail) -> str | None:
+        """
+        What ``AUTH=`` to pass on (RFC 4954 §5): only an authenticated
+        client is trusted to name the submitter; by default its identity.
+        """
+        identity = self.client.authenticated_as
+        if identity is None:
+            return None
+        return mail.auth if mail.auth is not None else identity
+
     def _bdat(self, event: core.Bdat) -> Reply | Deferred[Reply]:
         """One BDAT chunk has been read (RFC 3030 §2)."""
         if self._writer is None:
@@ -601,6 +611,7 @@ class SMTPServerProtocol(Protocol):
             smtputf8=mail.smtputf8,
             client=self.client,
             received_at=self.factory.clock.seconds(),
+            auth=self._auth_parameter(mail),
         )
         if problem is not None:
             self._abort_writer()

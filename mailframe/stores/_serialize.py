@@ -64,6 +64,7 @@ def envelope_to_dict(envelope: Envelope) -> dict[str, Any]:
         },
         "received_at": envelope.received_at,
         "added_headers": list(envelope.added_headers),
+        "auth": envelope.auth,
     }
 
 
@@ -98,6 +99,7 @@ def envelope_from_dict(data: object) -> Envelope:
             ),
             received_at=_time(fields, "received_at"),
             added_headers=tuple(_list(fields, "added_headers", str)),
+            auth=_optional(fields, "auth"),
         )
     except (TypeError, ValueError) as e:
         if isinstance(e, CorruptEntryError):

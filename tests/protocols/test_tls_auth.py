@@ -138,6 +138,8 @@ class AuthTests(SynchronousTestCase):
                                        "354 End data with <CR><LF>.<CR><LF>"])
         queue_id = replies[3].rsplit(" ", 1)[1]
         message = self.successResultOf(server.store.open_message(queue_id)).read()
+        entry = self.successResultOf(server.store.get(queue_id))
+        self.assertEqual(entry.envelope.auth, "alice@example.com")
         self.assertIn(b"(Authenticated sender: alice)", message)
         self.assertIn(f"with ESMTPSA id {queue_id}".encode(), message)
 
@@ -213,3 +215,14 @@ class BdatTests(SynchronousTestCase):
         message = self.successResultOf(server.store.open_message(queue_id)).read()
         self.assertTrue(message.startswith(b"Received: from c (unknown [127.0.0.1])"))
         self.assertTrue(message.endswith(b"\r\nSubject: x\r\n\r\nhello\r\n"))
+
+
+class AuthParameterTests(SynchronousTestCase):
+    def test_unauthenticated_auth_parameter_is_not_trusted(self) -> None:
+        server = Server(self, auth="offered")
+        protocol, transport = server.connect()
+        start_tls(protocol, transport)
+        protocol.dataReceived(b"EHLO c\r\nMAIL FROM:<a@example.org> AUTH=someone@example.org\r\n"
+                              b"RCPT TO:<alice@example.com>\r\nDATA\r\nhi\r\n.\r\n")
+        queue_id = lines(transport)[-1].rsplit(" ", 1)[1]
+        self.assertIsNone(self.successResultOf(server.store.get(queue_id)).envelope.auth)

@@ -56,6 +56,7 @@ envelopes = st.builds(
     client=client_infos,
     received_at=times,
     added_headers=st.lists(st.text(), max_size=3).map(tuple),
+    auth=st.none() | st.just("<>") | mailboxes.map(str),
 )
 
 entries = st.builds(
