@@ -215,9 +215,9 @@ class SMTPServerProtocol(Protocol):
     def __init__(self, factory: SMTPServerFactory) -> None:
         self.factory = factory
         self.client = ClientInfo()
-        self.conn = core.ServerConnection(
-            factory.settings.hostname, factory.settings.limits, factory.settings.extensions
-        )
+        # Made again in connectionMade, once the transport tells whether the
+        # session is in TLS from the start.
+        self.conn = core.ServerConnection(factory.settings.hostname, factory.settings.limits)
         self._writer: IQueueWriter | None = None
         self._waiting = False
         self._running = False
@@ -245,7 +245,7 @@ class SMTPServerProtocol(Protocol):
         if refusal is not None:
             self._send(Reply(421, "4.7.0", f"{self.conn.hostname} {refusal}"))
             return
-        self._decide(self._greet_hook, self._greeted, greeting=True)
+        self._decide(self._greet_hook, self._greeted)
 
     def dataReceived(self, data: bytes) -> None:
         self._arm_timer()
@@ -319,7 +319,6 @@ class SMTPServerProtocol(Protocol):
         self,
         decide: Callable[[], Reply | Deferred[Reply]],
         then: Callable[[Reply], None],
-        greeting: bool = False,
     ) -> None:
         """
         Run *decide*; pass its reply to *then*, at once if it is ready, else
