@@ -91,5 +91,5 @@ if __name__ == "__main__":
         d.addBoth(lambda _: reactor.stop())
         reactor.run()
         if failures:
-            failures[0].printTraceback()
+            failures[0].printTraceback(file=sys.stderr)
             sys.exit(1)

@@ -24,7 +24,7 @@ def _check_config(arguments: argparse.Namespace) -> int:
     except ConfigError as error:
         print(f"{arguments.file}: {error}", file=sys.stderr)
         return 1
-    print(f"{arguments.file}: ok ({len(config.listen)} listener(s),"
+    print(f"{arguments.file}: ok ({len(config.effective_listeners())} listener(s),"
           f" {len(config.local_domains)} local domain(s))")
     return 0
 

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from twisted.cred import strcred
+from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
@@ -40,7 +41,7 @@ from mailframe.services.listener import ListeningService
 from mailframe.stores.spool import SpoolQueueStore
 from mailframe.transports import MaildirTransport
 
-__all__ = ["build_mail_service", "raise_open_file_limit", "connections_for"]
+__all__ = ["build_mail_service", "connections_for", "make_checker", "raise_open_file_limit"]
 
 log = Logger()
 
@@ -63,6 +64,27 @@ def raise_open_file_limit() -> int:
             pass
     log.info("Open-file limit is {limit}", limit=soft)
     return soft
+
+
+def make_checker(description: str) -> Any:
+    """
+    The :mod:`twisted.cred` checker that *description* names (``file:PATH``,
+    ``memory:user:password``, or a checker plugin's own string).
+
+    AUTH gives the checker its username and password as UTF-8 bytes, as
+    ``file:`` expects; the ``memory:`` checker keeps them as text, so its
+    entries are encoded to match.
+    """
+    checker = strcred.makeChecker(description)
+    if isinstance(checker, InMemoryUsernamePasswordDatabaseDontUse):
+        checker.users = {
+            _utf8(name): _utf8(password) for name, password in checker.users.items()
+        }
+    return checker
+
+
+def _utf8(value: str | bytes) -> bytes:
+    return value.encode("utf-8") if isinstance(value, str) else value
 
 
 def connections_for(open_files: int) -> int:
@@ -99,7 +121,7 @@ def build_mail_service(
     transports = {"maildir": MaildirTransport(store, reactor, reactor.getThreadPool())}
     runner = QueueRunner(store, router, transports, reactor, random=rng)
     tls = ServerTLS(config.tls_cert, config.tls_key) if config.tls_cert and config.tls_key else None
-    checker = strcred.makeChecker(config.auth_checker) if config.auth_checker else None
+    checker = make_checker(config.auth_checker) if config.auth_checker else None
     counts = ConnectionCounts()
     failures = AuthFailures(reactor, config.max_auth_failures, config.auth_failure_delay)
     listeners = []

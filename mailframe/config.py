@@ -20,6 +20,7 @@ import attrs
 from mailframe.address import is_domain
 from mailframe.core import MIN_RECIPIENTS
 from mailframe.errors import ConfigError
+from mailframe.policies._domains import domain_key
 from mailframe.policies.relay import LOOPBACK, parse_networks
 from mailframe.policies.users import load_users
 from mailframe.services.schedule import parse_duration
@@ -122,7 +123,8 @@ class ListenerConfig:
 
     :ivar endpoint: a Twisted server endpoint string (``ssl:`` for implicit
         TLS, RFC 8314).
-    :ivar name: the listener's name, in logs and ``Received:``.
+    :ivar name: the listener's name, in the logs and in
+        :attr:`ClientInfo.listener <mailframe.envelope.ClientInfo.listener>`.
     :ivar starttls: offer STARTTLS; ``None`` offers it when a certificate
         is configured.
     :ivar require_tls: refuse MAIL until TLS is active.
@@ -153,9 +155,12 @@ def _listen(value: Any) -> tuple[str, ...]:
                 "haproxy: listeners are refused: Twisted's PROXY wrapper would show"
                 " the proxy's address to relay control and make an open relay"
             )
-    if not items:
-        raise ValueError("at least one listener is needed")
     return items
+
+
+def _endpoint(value: Any) -> str:
+    items = _listen(_string(value))
+    return items[0]
 
 
 def _strings(value: Any) -> tuple[str, ...]:
@@ -193,9 +198,9 @@ def _domains(value: Any) -> tuple[tuple[str, str], ...]:
     for domain, directory in pairs:
         if not isinstance(directory, str) or not directory:
             raise ValueError(f"the directory of {domain!r} must be a non-empty string")
-        if not is_domain(domain):
+        if not is_domain(domain, utf8=True):
             raise ValueError(f"{domain!r} is not a domain")
-        result.append((domain.lower(), directory))
+        result.append((domain_key(domain), directory))
     return tuple(result)
 
 
@@ -260,10 +265,6 @@ def _auth_mode(value: Any) -> str:
     return str(value)
 
 
-def _endpoint(value: Any) -> str:
-    return _listen(_string(value))[0]
-
-
 #: [[listener]] key -> parser
 _LISTENER_KEYS: dict[str, Callable[[Any], Any]] = {
     "endpoint": _endpoint,
@@ -299,12 +300,19 @@ def _listeners(value: Any) -> tuple[ListenerConfig, ...]:
 
 def _checker(value: Any) -> str:
     from twisted.cred import strcred
+    from twisted.cred.credentials import IUsernamePassword
 
     description = _string(value)
+    if description.startswith("file:"):
+        _readable(description[len("file:"):])
     try:
-        strcred.makeChecker(description)
+        checker = strcred.makeChecker(description)
     except Exception as error:
         raise ValueError(f"{description!r} is not a usable checker: {error}") from None
+    # A checker that does not check passwords (such as "anonymous") would
+    # let anyone authenticate, and authenticated clients may relay.
+    if IUsernamePassword not in getattr(checker, "credentialInterfaces", ()):
+        raise ValueError(f"{description!r} does not check usernames and passwords")
     return description
 
 
@@ -405,12 +413,21 @@ def _check_together(config: Config, text: str | None) -> None:
         fail("tls_cert" if config.tls_cert is None else "tls_key",
              "tls_cert and tls_key go together")
     listeners = config.effective_listeners()
+    if not listeners:
+        fail("listen", "at least one listener is needed")
     if any(lc.auth != "none" for lc in listeners) and config.auth_checker is None:
         fail("auth_checker" if not config.submission else "submission",
              "a listener offers AUTH, but no auth_checker is set")
     for lc in listeners:
-        if (lc.auth != "none" and not lc.auth_without_tls and config.tls_cert is None
-                and not lc.endpoint.lower().startswith("ssl:")):
+        implicit = lc.endpoint.lower().startswith("ssl:")
+        can_start_tls = config.tls_cert is not None and lc.starttls is not False
+        if lc.starttls and config.tls_cert is None:
+            fail("tls_cert", f"listener {lc.endpoint} offers STARTTLS, which needs"
+                             " tls_cert and tls_key")
+        if lc.require_tls and not (implicit or can_start_tls):
+            fail("tls_cert", f"listener {lc.endpoint} requires TLS, which it can never start")
+        if (lc.auth != "none" and not lc.auth_without_tls and not implicit
+                and not can_start_tls):
             fail("tls_cert", f"listener {lc.endpoint} offers AUTH only after STARTTLS,"
                              " which needs tls_cert and tls_key")
 

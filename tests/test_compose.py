@@ -48,3 +48,23 @@ def test_service_has_a_listener_per_endpoint(tmp_path: object) -> None:
     for listener in service.listeners:
         assert listener.factory.settings.max_connections == 50
         assert listener.factory.settings.hostname == "mx.example.com"
+
+
+@pytest.mark.parametrize("description", ["memory:alice:s3cret", "file:{passwd}"])
+def test_checkers_accept_what_auth_gives(description: str, tmp_path: object) -> None:
+    import pathlib
+
+    from twisted.cred.credentials import UsernamePassword
+    from twisted.cred.error import UnauthorizedLogin
+    from twisted.internet.defer import maybeDeferred
+
+    passwd = pathlib.Path(str(tmp_path)) / "passwd"
+    passwd.write_text("alice:s3cret\n")
+    checker = compose.make_checker(description.format(passwd=passwd))
+    results: list[object] = []
+    maybeDeferred(checker.requestAvatarId, UsernamePassword(b"alice", b"s3cret")).addBoth(
+        results.append)
+    maybeDeferred(checker.requestAvatarId, UsernamePassword(b"alice", b"wrong")).addBoth(
+        results.append)
+    assert results[0] in ("alice", b"alice")
+    assert results[1].check(UnauthorizedLogin)  # type: ignore[attr-defined]

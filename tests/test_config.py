@@ -181,3 +181,25 @@ def test_tls_and_submission_options(tmp_path: object) -> None:
     with pytest.raises(usage.UsageError) as caught:
         Options().parseOptions(["--tls-cert", str(certs.cert)])
     assert "--tls-key" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "message"),
+    [
+        ('auth_checker = "anonymous"\n', "auth_checker", "does not check usernames"),
+        ('auth_checker = "file:/nonexistent/passwd"\n', "auth_checker", "cannot read"),
+        ('listen = []\n', "listen", "at least one listener"),
+        ('[[listener]]\nendpoint = "tcp:1"\nstarttls = true\n', "tls_cert", "STARTTLS"),
+        ('[[listener]]\nendpoint = "tcp:1"\nrequire_tls = true\n', "tls_cert", "never start"),
+    ],
+)
+def test_settings_that_cannot_work_are_refused(text: str, key: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text)
+    assert caught.value.key == key
+    assert message in str(caught.value)
+
+
+def test_unicode_local_domains_are_kept_as_a_labels() -> None:
+    config = parse_config('[local_domains]\n"Bücher.example" = "/srv/mail"\n')
+    assert config.local_domains == (("xn--bcher-kva.example", "/srv/mail"),)

@@ -54,13 +54,76 @@ def test_sphinx_build_has_no_warnings(tmp_path: pathlib.Path) -> None:
     assert result.returncode == 0, _output(result)
 
 
-def test_example_config_is_valid() -> None:
-    from mailframe.config import load_config
+def _example_config_text(directory: pathlib.Path) -> str:
+    """
+    The example config, with its files under ``/etc/mailframe/`` made in
+    *directory*: the certificates (named as certbot names them) and the
+    password file.
+    """
+    from tests.certs import make_certificates
 
-    config = load_config(str(EXAMPLES / "mailframe.toml"))
+    certs = make_certificates(directory / "made")
+    tls = directory / "tls"
+    tls.mkdir()
+    chain = certs.cert.read_bytes()
+    (tls / "fullchain.pem").write_bytes(chain)
+    (tls / "cert.pem").write_bytes(chain.split(b"-----END CERTIFICATE-----")[0]
+                                   + b"-----END CERTIFICATE-----\n")
+    (tls / "chain.pem").write_bytes(certs.ca.read_bytes())
+    (tls / "privkey.pem").write_bytes(certs.key.read_bytes())
+    (directory / "passwd").write_text("alice:s3cret\n", encoding="utf-8")
+    text = (EXAMPLES / "mailframe.toml").read_text(encoding="utf-8")
+    assert "/etc/mailframe/" in text
+    return text.replace("/etc/mailframe/", f"{directory}/")
+
+
+def test_example_config_is_valid(tmp_path: pathlib.Path) -> None:
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.testing import MemoryReactor
+
+    from mailframe.config import ListenerConfig, parse_config
+    from mailframe.protocols._tls import ServerTLS
+
+    config = parse_config(_example_config_text(tmp_path))
     assert config.hostname == "mx.example.com"
-    assert len(config.listen) == 2
     assert [domain for domain, _ in config.local_domains] == ["example.com", "example.net"]
+    assert config.auth_checker == f"file:{tmp_path}/passwd"
+    # The three recipes of the configuration guide: ports 25, 587 and 465.
+    mx, submission, submissions = config.effective_listeners()
+    assert mx == ListenerConfig("tcp:25")
+    assert submission.endpoint == "tcp:587"
+    assert (submission.auth, submission.require_tls, submission.relay_networks) == (
+        "required", True, ())
+    assert submissions.endpoint.startswith("ssl:465:")
+    assert (submissions.auth, submissions.relay_networks) == ("offered", ())
+    # The certificate loads, and so does every endpoint, the ssl: one with
+    # its own certificate.
+    assert config.tls_cert is not None and config.tls_key is not None
+    ServerTLS(config.tls_cert, config.tls_key)
+    for listener in config.effective_listeners():
+        serverFromString(MemoryReactor(), listener.endpoint)
+
+
+def test_submission_example_shows_tls_and_auth() -> None:
+    """examples/submission.py, which the configuration guide includes."""
+    result = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "submission.py")],
+        cwd=str(REPO),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 0, _output(result)
+    output = result.stdout
+    assert "STARTTLS: 220 2.0.0 Ready to start TLS" in output, output
+    assert "MAIL before AUTH: 530 5.7.0 Authentication required" in output, output
+    assert "AUTH: 235 2.7.0 Authentication successful" in output, output
+    assert "Relay access denied" in output, output
+    [received] = [line for line in output.splitlines() if "Received:" in line]
+    assert "(using TLS" in received, output
+    assert "(Authenticated sender: alice)" in received, output
+    assert " with ESMTPSA id " in received, output
 
 
 def test_example_components_pass_their_tests(tmp_path: pathlib.Path) -> None:

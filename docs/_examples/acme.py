@@ -1,6 +1,6 @@
 """
-Example components for mailframe: two policies, a router, and a component
-maker that makes one of the policies.
+Example components for mailframe: three policies, a router, and a
+component maker that makes one of the policies.
 
 They are the examples of the "Extending mailframe" chapter, and its tests
 run them.
@@ -65,6 +65,32 @@ class DNSBlocklist(PolicyBase):
             return Verdict()
 
         return d.addCallback(decide)
+
+
+class SenderLoginMatch(PolicyBase):
+    """
+    Lets a client that logged in with AUTH send only from its own
+    addresses, as Postfix's ``reject_sender_login_mismatch`` does. Clients
+    that did not log in are left to the other policies.
+
+    :param addresses: each login's sender addresses.
+    """
+
+    def __init__(self, addresses: Mapping[str, Iterable[str]]) -> None:
+        self.addresses = {
+            login: frozenset(address.lower() for address in owned)
+            for login, owned in addresses.items()
+        }
+
+    def mail(self, client: ClientInfo, sender: Any, parameters: Any) -> Verdict:
+        login = client.authenticated_as
+        if login is None:
+            return Verdict()
+        if str(sender).lower() not in self.addresses.get(login, frozenset()):
+            return Verdict.reject(
+                553, "5.7.1", f"<{sender}>: Sender address rejected: not owned by user {login}"
+            )
+        return Verdict()
 
 
 @implementer(IRouter)

@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import random
 
-from acme import AliasRouter, DNSBlocklist, SenderBlockMaker, SenderDomainBlock
+from acme import (
+    AliasRouter,
+    DNSBlocklist,
+    SenderBlockMaker,
+    SenderDomainBlock,
+    SenderLoginMatch,
+)
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from mailframe.address import Mailbox
+from mailframe.address import NULL_PATH, Mailbox
 from mailframe.config import ComponentContext
 from mailframe.envelope import ClientInfo, Route
 from mailframe.protocols.server import ServerSettings, SMTPServerFactory
@@ -52,6 +58,33 @@ class DNSBlocklistTests(PolicyContract, SynchronousTestCase):
     def test_listed_client_refused(self) -> None:
         verdict = self.successResultOf(self.make_policy().connect(ClientInfo(address="192.0.2.2")))
         self.assertEqual(verdict.action, Action.REJECT)
+
+
+class SenderLoginMatchTests(PolicyContract, SynchronousTestCase):
+    def make_policy(self) -> SenderLoginMatch:
+        return SenderLoginMatch({"alice": ["alice@example.com", "Sales@example.com"]})
+
+    def test_own_addresses(self) -> None:
+        alice = ClientInfo(address="192.0.2.1", authenticated_as="alice")
+        for sender in (Mailbox("alice", "example.com"), Mailbox("sales", "EXAMPLE.com")):
+            self.assertEqual(self.make_policy().mail(alice, sender, {}).action, Action.CONTINUE)
+
+    def test_other_addresses_refused(self) -> None:
+        policy = self.make_policy()
+        alice = ClientInfo(address="192.0.2.1", authenticated_as="alice")
+        verdict = policy.mail(alice, Mailbox("bob", "example.com"), {})
+        self.assertEqual(verdict.action, Action.REJECT)
+        self.assertEqual((verdict.reply.code, verdict.reply.status), (553, "5.7.1"))
+        self.assertEqual(policy.mail(alice, NULL_PATH, {}).action, Action.REJECT)
+        carol = ClientInfo(address="192.0.2.1", authenticated_as="carol")
+        self.assertEqual(
+            policy.mail(carol, Mailbox("alice", "example.com"), {}).action, Action.REJECT
+        )
+
+    def test_clients_that_did_not_log_in(self) -> None:
+        client = ClientInfo(address="192.0.2.1")
+        verdict = self.make_policy().mail(client, Mailbox("bob", "example.com"), {})
+        self.assertEqual(verdict.action, Action.CONTINUE)
 
 
 class AliasRouterTests(RouterContract, SynchronousTestCase):

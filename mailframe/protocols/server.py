@@ -401,6 +401,7 @@ class SMTPServerProtocol(Protocol):
         if self.factory.shutting_down and not isinstance(event, core.EndOfMessage):
             return self.conn.shutdown_reply()
         if isinstance(event, core.BadCommand):
+            self._sasl = None  # a malformed SASL response ends the exchange
             return event.reply
         if isinstance(event, core.Ehlo | core.Helo):
             return self._helo(event)
