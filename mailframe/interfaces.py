@@ -232,18 +232,55 @@ class IDeliveryTransport(Interface):
 
 class IResolver(Interface):
     """
-    DNS lookups, answering with values rather than DNS library objects. Each
-    returns a Deferred; a name that does not exist gives an empty list.
+    DNS lookups, answering with values rather than DNS library objects.
+
+    Every lookup returns a Deferred. Names are absolute: no search domain is
+    ever appended, and a trailing dot changes nothing. Names are compared
+    without regard to case; names with non-ASCII labels are looked up as
+    their A-labels (RFC 5890 §2.3.2.1). A CNAME is followed to its target,
+    and the answer is the target's records.
+
+    - A name that exists without records of the type asked (NODATA,
+      RFC 2308 §2.2) gives an empty list.
+    - A name that does not exist (NXDOMAIN, RFC 2308 §2.1) fails with
+      :class:`~mailframe.routing._dnserrors.DNSNameNotFound`, a permanent
+      delivery error replying ``550 5.1.2``.
+    - A failure that may pass (SERVFAIL, a refusal, no answer in time, a
+      malformed answer) fails with
+      :class:`~mailframe.routing._dnserrors.DNSTemporaryError`, a transient
+      delivery error replying ``451 4.4.3``.
+
+    Each call returns a new list, which the caller may change.
     """
 
     def lookup_mx(domain: str) -> Any:
-        """A list of ``(preference, host)`` pairs, as published."""
+        """
+        The MX records of *domain*.
+
+        :return: a Deferred list of ``(preference, host)`` pairs, in no
+            particular order, with the host written without its trailing
+            dot. A null MX (RFC 7505) is ``(0, ".")``: the root is the only
+            host written as ``"."``.
+        """
 
     def lookup_address(host: str) -> Any:
-        """The IPv6 and IPv4 addresses of *host*, as strings."""
+        """
+        The addresses of *host*: its AAAA then its A records.
+
+        :return: a Deferred list of IPv6 addresses and then IPv4 addresses,
+            as text (``"2001:db8::25"``, ``"192.0.2.25"``). When one of the
+            two lookups fails and the other finds addresses, those addresses
+            are the answer.
+        """
 
     def lookup_txt(name: str) -> Any:
-        """The TXT records of *name*, each one string."""
+        """
+        The TXT records of *name*.
+
+        :return: a Deferred list of strings, one for each record, its
+            character-strings joined with nothing between them
+            (RFC 7208 §3.3), decoded as UTF-8 with replacement characters.
+        """
 
 
 class IComponentMaker(IPlugin):

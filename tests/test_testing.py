@@ -87,15 +87,46 @@ class RecordingTransportTests(TransportContract, SynchronousTestCase):
 
 class MemoryResolverTests(ResolverContract, SynchronousTestCase):
     def make_resolver(self) -> MemoryResolver:
-        return MemoryResolver(mx={"example.com": [(10, "mx.example.com")]},
-                              addresses={"mx.example.com": ["192.0.2.25"]})
+        return MemoryResolver(
+            mx={"example.com": [(10, "mx.example.com")], "nullmx.example": [(0, ".")],
+                "target.example": [(5, "mx.target.example")]},
+            addresses={"mx.example.com": ["2001:db8::25", "192.0.2.25"]},
+            txt={"example.com": ["v=spf1 -all"]},
+            cnames={"alias.example": "target.example"},
+            nxdomain=["gone.example"],
+            failing=["servfail.example"],
+        )
+
+    def mx_name(self) -> tuple[str, list[tuple[int, str]]]:
+        return "example.com", [(10, "mx.example.com")]
+
+    def null_mx_name(self) -> str:
+        return "nullmx.example"
+
+    def alias_name(self) -> tuple[str, list[tuple[int, str]]]:
+        return "alias.example", [(5, "mx.target.example")]
+
+    def address_name(self) -> tuple[str, list[str]]:
+        return "mx.example.com", ["2001:db8::25", "192.0.2.25"]
+
+    def txt_name(self) -> tuple[str, list[str]]:
+        return "example.com", ["v=spf1 -all"]
+
+    def nodata_name(self) -> str:
+        return "nonexistent.invalid"
+
+    def nxdomain_name(self) -> str:
+        return "gone.example"
+
+    def failing_name(self) -> str:
+        return "servfail.example"
 
     def test_answers(self) -> None:
         resolver = self.make_resolver()
         self.assertEqual(self.successResultOf(resolver.lookup_mx("EXAMPLE.com")),
                          [(10, "mx.example.com")])
         self.assertEqual(self.successResultOf(resolver.lookup_address("mx.example.com")),
-                         ["192.0.2.25"])
+                         ["2001:db8::25", "192.0.2.25"])
 
 
 class FakeComponentMakerTests(ComponentMakerContract, SynchronousTestCase):

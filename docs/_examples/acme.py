@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.plugin import IPlugin
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailframe.address import Mailbox
@@ -20,6 +21,7 @@ from mailframe.config import ComponentContext
 from mailframe.envelope import ClientInfo, Envelope, Route
 from mailframe.interfaces import IComponentMaker, IResolver, IRouter
 from mailframe.policies._base import PolicyBase
+from mailframe.routing import DNSNameNotFound
 from mailframe.verdict import Verdict
 
 
@@ -64,7 +66,12 @@ class DNSBlocklist(PolicyBase):
                 return Verdict.reject(554, "5.7.1", f"{client.address} is listed by {self.zone}")
             return Verdict()
 
-        return d.addCallback(decide)
+        def unlisted(failure: Failure) -> Verdict:
+            # A blocklist answers NXDOMAIN for an address it does not list.
+            failure.trap(DNSNameNotFound)
+            return Verdict()
+
+        return d.addCallbacks(decide, unlisted)
 
 
 class SenderLoginMatch(PolicyBase):

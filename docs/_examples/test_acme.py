@@ -52,12 +52,17 @@ class SenderDomainBlockTests(PolicyContract, SynchronousTestCase):
 
 class DNSBlocklistTests(PolicyContract, SynchronousTestCase):
     def make_policy(self) -> DNSBlocklist:
-        listed = MemoryResolver(addresses={"2.2.0.192.bl.example": ["127.0.0.2"]})
+        # strict: a name it does not know is NXDOMAIN, as a blocklist answers.
+        listed = MemoryResolver(addresses={"2.2.0.192.bl.example": ["127.0.0.2"]}, strict=True)
         return DNSBlocklist(listed, "bl.example")
 
     def test_listed_client_refused(self) -> None:
         verdict = self.successResultOf(self.make_policy().connect(ClientInfo(address="192.0.2.2")))
         self.assertEqual(verdict.action, Action.REJECT)
+
+    def test_unlisted_client_accepted(self) -> None:
+        verdict = self.successResultOf(self.make_policy().connect(ClientInfo(address="192.0.2.3")))
+        self.assertEqual(verdict.action, Action.CONTINUE)
 
 
 class SenderLoginMatchTests(PolicyContract, SynchronousTestCase):

@@ -7,7 +7,10 @@ example :class:`twisted.trial.unittest.SynchronousTestCase`) and supply the
 
 from __future__ import annotations
 
-from typing import Any
+import ipaddress
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+from unittest import SkipTest
 
 from twisted.internet.defer import Deferred, ensureDeferred
 from zope.interface.verify import verifyObject
@@ -21,6 +24,7 @@ from mailframe.interfaces import (
     IResolver,
     IRouter,
 )
+from mailframe.routing._dnserrors import DNSNameNotFound, DNSTemporaryError
 from mailframe.testing._fakes import envelope
 from mailframe.verdict import Verdict
 
@@ -31,6 +35,8 @@ __all__ = [
     "RouterContract",
     "TransportContract",
 ]
+
+_V = TypeVar("_V")
 
 
 class _Base:
@@ -131,22 +137,156 @@ class TransportContract(_Base):
 
 
 class ResolverContract(_Base):
-    """Needs ``make_resolver()``; a name that does not exist gives ``[]``."""
+    """
+    Needs ``make_resolver()``. The other hooks name what the resolver knows;
+    a hook that returns ``None`` (the default) skips the tests that need it.
+
+    The tests wait on lookups with :meth:`wait`, which by default takes the
+    result of a Deferred that has already fired. A resolver that goes to the
+    network runs the suite in a :class:`twisted.trial.unittest.TestCase`
+    and overrides :meth:`wait` to return the Deferred, which trial waits on.
+    """
+
+    fail: Any
 
     def make_resolver(self) -> Any:
         raise NotImplementedError
 
-    def missing_name(self) -> str:
-        return "nonexistent.invalid"
+    def wait(self, d: Deferred[None]) -> Any:
+        """Overridable: how a test waits on its Deferred."""
+        self.successResultOf(d)
+        return None
+
+    def mx_name(self) -> tuple[str, list[tuple[int, str]]] | None:
+        """A domain with MX records, and those records, in any order."""
+        return None
+
+    def null_mx_name(self) -> str | None:
+        """A domain whose only MX record is the null MX of RFC 7505."""
+        return None
+
+    def alias_name(self) -> tuple[str, list[tuple[int, str]]] | None:
+        """A name whose CNAME leads to a domain with MX records, and those records."""
+        return None
+
+    def address_name(self) -> tuple[str, list[str]] | None:
+        """A host with both IPv6 and IPv4 addresses, and those addresses."""
+        return None
+
+    def txt_name(self) -> tuple[str, list[str]] | None:
+        """A name with TXT records, and their strings, in any order."""
+        return None
+
+    def nodata_name(self) -> str | None:
+        """A name that exists with no MX, AAAA, A or TXT records."""
+        return None
+
+    def nxdomain_name(self) -> str | None:
+        """A name that does not exist."""
+        return None
+
+    def failing_name(self) -> str | None:
+        """A name whose lookups fail for now (SERVFAIL)."""
+        return None
+
+    def _need(self, value: _V | None, hook: str) -> _V:
+        if value is None:
+            raise SkipTest(f"{hook}() names nothing for this resolver")
+        return value
+
+    def _checked(self, check: Coroutine[Any, Any, None]) -> Any:
+        return self.wait(Deferred.fromCoroutine(check))
 
     def test_provides(self) -> None:
         self.assertTrue(verifyObject(IResolver, self.make_resolver()))
 
-    def test_missing_names_are_empty(self) -> None:
+    def test_mx(self) -> Any:
+        name, expected = self._need(self.mx_name(), "mx_name")
+        return self._checked(self._check_mx(name, expected))
+
+    def test_mx_any_case_and_trailing_dot(self) -> Any:
+        name, expected = self._need(self.mx_name(), "mx_name")
+        return self._checked(self._check_mx(name.upper() + ".", expected))
+
+    def test_null_mx(self) -> Any:
+        name = self._need(self.null_mx_name(), "null_mx_name")
+        return self._checked(self._check_mx(name, [(0, ".")]))
+
+    def test_cname_followed(self) -> Any:
+        name, expected = self._need(self.alias_name(), "alias_name")
+        return self._checked(self._check_mx(name, expected))
+
+    async def _check_mx(self, name: str, expected: list[tuple[int, str]]) -> None:
+        answer = await self.make_resolver().lookup_mx(name)
+        self.assertIsInstance(answer, list)
+        for preference, host in answer:
+            self.assertIsInstance(preference, int)
+            self.assertIsInstance(host, str)
+            self.assertTrue(host == "." or not host.endswith("."), host)
+        self.assertEqual(sorted(answer), sorted(expected))
+
+    def test_addresses(self) -> Any:
+        name, expected = self._need(self.address_name(), "address_name")
+        return self._checked(self._check_addresses(name, expected))
+
+    async def _check_addresses(self, name: str, expected: list[str]) -> None:
+        answer = await self.make_resolver().lookup_address(name)
+        self.assertIsInstance(answer, list)
+        parsed = [ipaddress.ip_address(address) for address in answer]
+        self.assertEqual(sorted(map(str, parsed)), sorted(answer))
+        self.assertEqual(set(parsed), {ipaddress.ip_address(a) for a in expected})
+        versions = [address.version for address in parsed]
+        self.assertEqual(versions, sorted(versions, reverse=True), "IPv6 comes before IPv4")
+
+    def test_txt(self) -> Any:
+        name, expected = self._need(self.txt_name(), "txt_name")
+        return self._checked(self._check_txt(name, expected))
+
+    async def _check_txt(self, name: str, expected: list[str]) -> None:
+        answer = await self.make_resolver().lookup_txt(name)
+        self.assertIsInstance(answer, list)
+        for text in answer:
+            self.assertIsInstance(text, str)
+        self.assertEqual(sorted(answer), sorted(expected))
+
+    def test_answers_are_fresh_lists(self) -> Any:
+        name, _ = self._need(self.mx_name(), "mx_name")
+        return self._checked(self._check_fresh(name))
+
+    async def _check_fresh(self, name: str) -> None:
         resolver = self.make_resolver()
-        name = self.missing_name()
+        first = await resolver.lookup_mx(name)
+        kept = list(first)
+        first.clear()
+        self.assertEqual(sorted(await resolver.lookup_mx(name)), sorted(kept))
+
+    def test_nodata_is_empty(self) -> Any:
+        name = self._need(self.nodata_name(), "nodata_name")
+        return self._checked(self._check_nodata(name))
+
+    async def _check_nodata(self, name: str) -> None:
+        resolver = self.make_resolver()
         for lookup in (resolver.lookup_mx, resolver.lookup_address, resolver.lookup_txt):
-            self.assertEqual(self.resolve(lookup(name)), [])
+            self.assertEqual(await lookup(name), [])
+
+    def test_nxdomain_fails(self) -> Any:
+        name = self._need(self.nxdomain_name(), "nxdomain_name")
+        return self._checked(self._check_fails(name, DNSNameNotFound, "5.1.2"))
+
+    def test_temporary_failure(self) -> Any:
+        name = self._need(self.failing_name(), "failing_name")
+        return self._checked(self._check_fails(name, DNSTemporaryError, "4.4.3"))
+
+    async def _check_fails(self, name: str, error: type[Exception], status: str) -> None:
+        resolver = self.make_resolver()
+        for lookup in (resolver.lookup_mx, resolver.lookup_address, resolver.lookup_txt):
+            try:
+                answer = await lookup(name)
+            except error as failure:
+                reply = getattr(failure, "reply", None)
+                self.assertEqual(reply.status if reply is not None else None, status)
+            else:
+                self.fail(f"{lookup.__name__}({name!r}) answered {answer!r}")
 
 
 class ComponentMakerContract(_Base):

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import attrs
-from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, gatherResults, maybeDeferred, succeed
 from zope.interface import implementer
 
 from mailframe.address import Mailbox, ReversePath, parse_reverse_path
@@ -25,6 +25,12 @@ from mailframe.interfaces import (
     IRouter,
 )
 from mailframe.reply import Reply
+from mailframe.routing._dnserrors import (
+    MAX_CNAME_CHAIN,
+    DNSNameNotFound,
+    DNSTemporaryError,
+    ascii_name,
+)
 from mailframe.verdict import Verdict
 
 __all__ = [
@@ -35,6 +41,8 @@ __all__ = [
     "StaticRouter",
     "envelope",
 ]
+
+_T = TypeVar("_T")
 
 
 def envelope(sender: str = "sender@example.com", *recipients: str, **fields: Any) -> Envelope:
@@ -126,26 +134,99 @@ class RecordingTransport:
 
 @implementer(IResolver)
 class MemoryResolver:
-    """DNS answers from dictionaries; unknown names give empty lists."""
+    """
+    DNS answers from dictionaries, failures included.
+
+    Names are compared as :class:`~mailframe.interfaces.IResolver` says: in
+    any case, with or without the trailing dot, non-ASCII labels by their
+    A-labels. Each table may be changed after the resolver is made.
+
+    :param mx: name to its ``(preference, host)`` records.
+    :param addresses: name to its addresses (IPv6 then IPv4, as text).
+    :param txt: name to its TXT strings.
+    :param cnames: alias to target; every lookup follows the chain, as a
+        resolver follows CNAME records, for at most
+        :data:`MAX_CNAME_CHAIN` links.
+    :param nxdomain: names that do not exist: every lookup of them, or of an
+        alias leading to them, fails with
+        :class:`~mailframe.routing._dnserrors.DNSNameNotFound`.
+    :param failing: names, or ``(name, kind)`` pairs with *kind* one of
+        ``"mx"``, ``"address"`` and ``"txt"``, whose lookups fail with
+        :class:`~mailframe.routing._dnserrors.DNSTemporaryError`, as on
+        SERVFAIL or a timeout.
+    :param strict: what a name in none of the tables gives: ``[]`` by
+        default (as if it existed without records of that type); with
+        *strict*, :class:`~mailframe.routing._dnserrors.DNSNameNotFound`,
+        as in the DNS.
+
+    :ivar queries: every lookup as ``(kind, name)``, in the order made, with
+        the name as it was compared (lower case, A-labels).
+    """
 
     def __init__(
         self,
-        mx: Mapping[str, list[tuple[int, str]]] | None = None,
-        addresses: Mapping[str, list[str]] | None = None,
-        txt: Mapping[str, list[str]] | None = None,
+        mx: Mapping[str, Sequence[tuple[int, str]]] | None = None,
+        addresses: Mapping[str, Sequence[str]] | None = None,
+        txt: Mapping[str, Sequence[str]] | None = None,
+        *,
+        cnames: Mapping[str, str] | None = None,
+        nxdomain: Iterable[str] = (),
+        failing: Iterable[str | tuple[str, str]] = (),
+        strict: bool = False,
     ) -> None:
-        self.mx = {k.lower(): v for k, v in (mx or {}).items()}
-        self.addresses = {k.lower(): v for k, v in (addresses or {}).items()}
-        self.txt = {k.lower(): v for k, v in (txt or {}).items()}
+        self.mx = {_name_key(k): list(v) for k, v in (mx or {}).items()}
+        self.addresses = {_name_key(k): list(v) for k, v in (addresses or {}).items()}
+        self.txt = {_name_key(k): list(v) for k, v in (txt or {}).items()}
+        self.cnames = {_name_key(k): _name_key(v) for k, v in (cnames or {}).items()}
+        self.nxdomain = {_name_key(name) for name in nxdomain}
+        self.failing: set[str | tuple[str, str]] = {
+            _name_key(item) if isinstance(item, str) else (_name_key(item[0]), item[1])
+            for item in failing
+        }
+        self.strict = strict
+        self.queries: list[tuple[str, str]] = []
 
     def lookup_mx(self, domain: str) -> Deferred[list[tuple[int, str]]]:
-        return succeed(list(self.mx.get(domain.lower(), [])))
+        return self._lookup("mx", self.mx, domain)
 
     def lookup_address(self, host: str) -> Deferred[list[str]]:
-        return succeed(list(self.addresses.get(host.lower(), [])))
+        return self._lookup("address", self.addresses, host)
 
     def lookup_txt(self, name: str) -> Deferred[list[str]]:
-        return succeed(list(self.txt.get(name.lower(), [])))
+        return self._lookup("txt", self.txt, name)
+
+    def _lookup(self, kind: str, table: Mapping[str, list[_T]], name: str) -> Deferred[list[_T]]:
+        try:
+            key = ascii_name(name)
+        except ValueError:
+            self.queries.append((kind, name))
+            return fail(DNSNameNotFound(name))
+        self.queries.append((kind, key))
+        for _ in range(MAX_CNAME_CHAIN + 1):
+            if key in self.failing or (key, kind) in self.failing:
+                return fail(DNSTemporaryError(name, "SERVFAIL (scripted)"))
+            if key in self.nxdomain:
+                return fail(DNSNameNotFound(name))
+            if key in table:
+                return succeed(list(table[key]))
+            if key not in self.cnames:
+                break
+            key = self.cnames[key]
+        else:
+            return fail(DNSTemporaryError(name, "CNAME chain too long"))
+        if self.strict and not self._exists(key):
+            return fail(DNSNameNotFound(name))
+        return succeed([])
+
+    def _exists(self, key: str) -> bool:
+        return any(key in table for table in (self.mx, self.addresses, self.txt, self.cnames))
+
+
+def _name_key(name: str) -> str:
+    try:
+        return ascii_name(name)
+    except ValueError:
+        return name.lower()
 
 
 @implementer(IComponentMaker)
