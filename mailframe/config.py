@@ -9,6 +9,7 @@ its line.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import socket
 import tomllib
@@ -23,7 +24,7 @@ from mailframe.errors import ConfigError
 from mailframe.policies._domains import domain_key
 from mailframe.policies.relay import LOOPBACK, parse_networks
 from mailframe.policies.users import load_users
-from mailframe.services.schedule import parse_duration
+from mailframe.services.schedule import DEFAULT_SCHEDULE, RetrySchedule, parse_duration
 
 __all__ = [
     "ComponentContext",
@@ -75,6 +76,18 @@ class Config:
         it gets 421.
     :ivar auth_failure_delay: seconds each failure delays the next reply,
         times the failures so far.
+    :ivar smarthost: ``host:port`` (or ``[address]:port``) that all mail
+        for other domains goes to, instead of their MX hosts.
+    :ivar smarthost_username: the AUTH user for the smarthost, if any.
+    :ivar smarthost_password: its password.
+    :ivar smtp_port: the port of MX hosts (25; test networks use others).
+    :ivar nameservers: ``(host, port)`` pairs to send DNS queries to; empty
+        for the system's.
+    :ivar smtp_tls: the TLS policy for outbound SMTP: ``none``, ``may``
+        (opportunistic), ``encrypt`` or ``verify``.
+    :ivar tls_policy: per-destination (domain or smarthost) TLS policies.
+    :ivar smtp_chunking: send with BDAT when the next hop offers CHUNKING.
+    :ivar retry_schedule: the retry schedule.
     """
 
     listen: tuple[str, ...] = (DEFAULT_LISTEN,)
@@ -97,6 +110,15 @@ class Config:
     listeners: tuple[ListenerConfig, ...] = ()
     max_auth_failures: int = 3
     auth_failure_delay: float = 1.0
+    smarthost: str | None = None
+    smarthost_username: str | None = None
+    smarthost_password: str | None = None
+    smtp_port: int = 25
+    nameservers: tuple[tuple[str, int], ...] = ()
+    smtp_tls: str = "may"
+    tls_policy: tuple[tuple[str, str], ...] = ()
+    smtp_chunking: bool = False
+    retry_schedule: RetrySchedule = DEFAULT_SCHEDULE
 
     def effective_listeners(self) -> tuple[ListenerConfig, ...]:
         """
@@ -326,6 +348,61 @@ def _readable(value: Any) -> str:
     return path
 
 
+#: Outbound TLS policies, weakest first.
+TLS_POLICIES = ("none", "may", "encrypt", "verify")
+
+
+def _host_port(value: Any) -> tuple[str, int]:
+    """``host:port``, ``[address]:port`` or ``[ipv6]:port``."""
+    text = _string(value)
+    host, colon, port = text.rpartition(":")
+    if not colon or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r} is not HOST:PORT")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host:
+        raise ValueError(f"{text!r} has no host")
+    return host, int(port)
+
+
+def _smarthost(value: Any) -> str:
+    host, port = _host_port(value)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _nameserver(text: str) -> tuple[str, int]:
+    """``address``, ``address:port`` or ``[ipv6]:port``; port 53 by default."""
+    try:
+        return str(ipaddress.ip_address(text)), 53
+    except ValueError:
+        pass
+    host, port = _host_port(text)
+    try:
+        return str(ipaddress.ip_address(host)), port
+    except ValueError:
+        raise ValueError(f"{text!r}: a nameserver is an IP address") from None
+
+
+def _nameservers(value: Any) -> tuple[tuple[str, int], ...]:
+    return tuple(_nameserver(item) for item in _strings(value))
+
+
+def _tls_level(value: Any) -> str:
+    if value not in TLS_POLICIES:
+        raise ValueError(f"expected one of {', '.join(TLS_POLICIES)}")
+    return str(value)
+
+
+def _tls_policy(value: Any) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, Mapping):
+        raise ValueError("expected a table of destination = policy")
+    return tuple((domain_key(str(k)), _tls_level(v)) for k, v in value.items())
+
+
+def _schedule(value: Any) -> RetrySchedule:
+    return RetrySchedule.parse(_string(value))
+
+
 #: config key -> (attribute, parser)
 _KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "listen": ("listen", _listen),
@@ -350,6 +427,15 @@ _KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "listener": ("listeners", _listeners),
     "max_auth_failures": ("max_auth_failures", _integer(1)),
     "auth_failure_delay": ("auth_failure_delay", _seconds(0)),
+    "smarthost": ("smarthost", _smarthost),
+    "smarthost_username": ("smarthost_username", _string),
+    "smarthost_password": ("smarthost_password", _string),
+    "smtp_port": ("smtp_port", _integer(1)),
+    "nameservers": ("nameservers", _nameservers),
+    "smtp_tls": ("smtp_tls", _tls_level),
+    "tls_policy": ("tls_policy", _tls_policy),
+    "smtp_chunking": ("smtp_chunking", _boolean),
+    "retry_schedule": ("retry_schedule", _schedule),
 }
 
 
@@ -409,6 +495,11 @@ def _check_together(config: Config, text: str | None) -> None:
         line = _line_of(text, key) if text is not None else None
         raise ConfigError(key, message, line)
 
+    if (config.smarthost_username is None) != (config.smarthost_password is None):
+        fail("smarthost_password" if config.smarthost_password is None else "smarthost_username",
+             "smarthost_username and smarthost_password go together")
+    if config.smarthost_username is not None and config.smarthost is None:
+        fail("smarthost_username", "credentials need a smarthost")
     if (config.tls_cert is None) != (config.tls_key is None):
         fail("tls_cert" if config.tls_cert is None else "tls_key",
              "tls_cert and tls_key go together")

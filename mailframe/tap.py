@@ -22,6 +22,7 @@ __all__ = ["Options", "makeService"]
 
 #: Config keys whose command-line option is named otherwise.
 _OPTION_NAMES = {
+    "nameservers": "--nameserver",
     "local_domains": "--local-domain",
     "relay_networks": "--relay-network",
     "auth_checker": "--auth",
@@ -45,6 +46,10 @@ class Options(usage.Options):
         ["tls-cert", None, None, "A PEM certificate chain: offer STARTTLS on every listener."],
         ["tls-key", None, None, "The PEM private key of --tls-cert."],
         ["auth", None, None, "The AUTH checker: a twisted.cred string such as file:PATH."],
+        ["smarthost", None, None, "HOST:PORT: relay all mail for other domains through it."],
+        ["smtp-port", None, None, "The port of MX hosts (default 25)."],
+        ["retry-schedule", None, None,
+         "Comma-separated retry intervals; the last repeats (default 5m,10m,20m,40m,67m)."],
     ]
 
     def __init__(self) -> None:
@@ -53,6 +58,7 @@ class Options(usage.Options):
         self["local-domain"] = []
         self["relay-network"] = []
         self["submission"] = []
+        self["nameserver"] = []
 
     def opt_listen(self, endpoint: str) -> None:
         """An endpoint to listen on (repeatable; default tcp:2525:interface=127.0.0.1)."""
@@ -70,14 +76,20 @@ class Options(usage.Options):
         """A submission listener (RFC 6409): STARTTLS, then AUTH, then MAIL (repeatable)."""
         self["submission"].append(endpoint)
 
+    def opt_nameserver(self, value: str) -> None:
+        """A DNS server, ADDRESS or ADDRESS:PORT (repeatable; default: the system's)."""
+        self["nameserver"].append(value)
+
     def postOptions(self) -> None:
         values: dict[str, Any] = {}
         for key, option in (("listen", "listen"), ("local_domains", "local-domain"),
-                            ("relay_networks", "relay-network"), ("submission", "submission")):
+                            ("relay_networks", "relay-network"), ("submission", "submission"),
+                            ("nameservers", "nameserver")):
             if self[option]:
                 values[key] = self[option]
         for option in ("hostname", "queue-dir", "local-users", "max-message-size",
-                       "max-recipients", "tls-cert", "tls-key"):
+                       "max-recipients", "tls-cert", "tls-key", "smarthost", "smtp-port",
+                       "retry-schedule"):
             if self[option] is not None:
                 values[option.replace("-", "_")] = self[option]
         if self["auth"] is not None:

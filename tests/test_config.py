@@ -203,3 +203,44 @@ def test_settings_that_cannot_work_are_refused(text: str, key: str, message: str
 def test_unicode_local_domains_are_kept_as_a_labels() -> None:
     config = parse_config('[local_domains]\n"Bücher.example" = "/srv/mail"\n')
     assert config.local_domains == (("xn--bcher-kva.example", "/srv/mail"),)
+
+
+def test_outbound_settings() -> None:
+    from mailframe.services.schedule import RetrySchedule
+
+    config = parse_config(
+        'smarthost = "[2001:db8::1]:587"\n'
+        'smarthost_username = "relay-user"\n'
+        'smarthost_password = "relay-pass"\n'
+        'nameservers = ["127.0.0.1:5353", "::1"]\n'
+        'retry_schedule = "1m,2m"\n'
+        'smtp_tls = "encrypt"\n'
+        "[tls_policy]\n"
+        '"Example.ORG" = "verify"\n'
+    )
+    assert config.smarthost == "[2001:db8::1]:587"
+    assert config.nameservers == (("127.0.0.1", 5353), ("::1", 53))
+    assert config.retry_schedule == RetrySchedule((60.0, 120.0))
+    assert config.tls_policy == (("example.org", "verify"),)
+    options = Options()
+    options.parseOptions(["--smarthost", "relay.example:25", "--smtp-port", "2525",
+                          "--nameserver", "127.0.0.1:5300", "--retry-schedule", "30s"])
+    assert (options.config.smarthost, options.config.smtp_port) == ("relay.example:25", 2525)
+    assert options.config.nameservers == (("127.0.0.1", 5300),)
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('smarthost = "relay.example"\n', "smarthost"),
+        ('smtp_tls = "sometimes"\n', "smtp_tls"),
+        ('nameservers = ["dns.example"]\n', "nameservers"),
+        ('retry_schedule = "soon"\n', "retry_schedule"),
+        ('smarthost_username = "u"\nsmarthost_password = "p"\n', "smarthost_username"),
+        ('smarthost = "r.example:25"\nsmarthost_username = "u"\n', "smarthost_password"),
+    ],
+)
+def test_outbound_errors(text: str, key: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text)
+    assert caught.value.key == key

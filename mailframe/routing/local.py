@@ -1,6 +1,6 @@
 """
 The local router: recipients in local domains go to their Maildir, every
-other recipient to outbound SMTP.
+other recipient to outbound SMTP, by MX or through a smarthost.
 """
 
 from __future__ import annotations
@@ -33,16 +33,24 @@ class LocalRouter:
     :param local_domains: a mapping of local domain to the directory holding
         its Maildirs; ``<local-part>/`` under it is one recipient's Maildir.
         The first domain also receives ``<postmaster>`` written without one.
+    :param smarthost: ``host:port`` to send all other mail to; by default
+        each domain's mail goes to its MX hosts.
     """
 
-    def __init__(self, local_domains: Mapping[str, str]) -> None:
+    def __init__(self, local_domains: Mapping[str, str], smarthost: str | None = None) -> None:
         self.local_domains = {domain_key(d): path for d, path in local_domains.items()}
+        self.smarthost = smarthost
         self._primary = next(iter(self.local_domains), None)
 
     def route(self, envelope: Any, recipient: Mailbox) -> Deferred[list[RouteTriple]]:
         domain = domain_key(recipient.domain) if recipient.domain else self._primary
         if domain is None or domain not in self.local_domains:
-            return succeed([(recipient, recipient, Route(OUTBOUND))])
+            # Recipients with equal routes travel in one transaction.
+            if self.smarthost is not None:
+                route = Route(OUTBOUND, {"nexthop": self.smarthost})
+            else:
+                route = Route(OUTBOUND, {"domain": domain or recipient.domain})
+            return succeed([(recipient, recipient, route)])
         name = local_mailbox_name(recipient.local_part)
         if name is None:
             reject = Reply(550, "5.1.1", f"<{recipient}>: bad mailbox name")

@@ -82,7 +82,10 @@ class LocalRouterTests(RouterContract, TestCase):
         [(_, _, local)] = self.successResultOf(router.route(env, env.recipients[0]))
         self.assertEqual(local, Route("maildir", {"directory": "/srv/mail/alice"}))
         [(_, _, remote)] = self.successResultOf(router.route(env, env.recipients[1]))
-        self.assertEqual(remote.transport, "smtp")
+        self.assertEqual(remote, Route("smtp", {"domain": "remote.example"}))
+        smarthost = LocalRouter({"example.com": "/srv/mail"}, smarthost="relay.example:587")
+        [(_, _, relayed)] = self.successResultOf(smarthost.route(env, env.recipients[1]))
+        self.assertEqual(relayed, Route("smtp", {"nexthop": "relay.example:587"}))
 
     def test_bad_local_parts_never_become_paths(self) -> None:
         router = self.make_router()
