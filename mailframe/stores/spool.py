@@ -983,10 +983,24 @@ class _MessageFile(io.RawIOBase):
     def __init__(self, raw: io.FileIO, size: int) -> None:
         super().__init__()
         self._raw = raw
+        self._size = size
         self._left = size
 
     def readable(self) -> bool:
         return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._size - self._left
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.tell(), os.SEEK_END: self._size}[whence]
+        position = min(max(base + offset, 0), self._size)
+        self._raw.seek(position)
+        self._left = self._size - position
+        return position
 
     def readinto(self, buffer: Any) -> int:
         if self._left <= 0:

@@ -794,3 +794,23 @@ class SpoolStepTests(SynchronousTestCase):
         queue_id = self.successResultOf(d)
         self.assertEqual(message_in(os.path.join(self.dir("queue"), queue_id + ".msg")),
                          b"".join(parts))
+
+
+class MessageFileTests(SynchronousTestCase):
+    def test_seeks_within_the_message_only(self) -> None:
+        from mailframe.stores.spool import _open_first
+
+        path = os.path.join(temp_dir(self) + "-m", "x.msg")
+        os.makedirs(os.path.dirname(path))
+        with open(path, "wb") as f:
+            f.write(b"message bytes" + b"TRAILER")
+        message = _open_first([path], len(b"message bytes"))
+        try:
+            self.assertEqual(message.seek(0, os.SEEK_END), 13)
+            self.assertEqual(message.read(), b"")
+            message.seek(8)
+            self.assertEqual(message.read(), b"bytes")
+            message.seek(-5, os.SEEK_END)
+            self.assertEqual(message.read(3), b"byt")
+        finally:
+            message.close()
