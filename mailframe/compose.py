@@ -17,7 +17,7 @@ from __future__ import annotations
 import random as _random
 import resource
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from twisted.cred import strcred
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
@@ -26,20 +26,22 @@ from twisted.logger import Logger
 
 from mailframe.config import Config
 from mailframe.core import Limits
-from mailframe.interfaces import IPolicy
+from mailframe.interfaces import IDeliveryTransport, IPolicy
 from mailframe.policies import LocalRecipients, RelayControl
 from mailframe.protocols._tls import ServerTLS
+from mailframe.protocols.client import TLSPolicy
 from mailframe.protocols.server import (
     AuthFailures,
     ConnectionCounts,
     ServerSettings,
     SMTPServerFactory,
 )
-from mailframe.routing import LocalRouter
+from mailframe.routing import DNSResolver, LocalRouter
 from mailframe.services import MailService, QueueRunner
 from mailframe.services.listener import ListeningService
 from mailframe.stores.spool import SpoolQueueStore
 from mailframe.transports import MaildirTransport
+from mailframe.transports.smtp import SMTPTransport, SMTPTransportSettings
 
 __all__ = ["build_mail_service", "connections_for", "make_checker", "raise_open_file_limit"]
 
@@ -117,9 +119,25 @@ def build_mail_service(
         max_connections = config.max_connections
     if max_connections is None:
         max_connections = connections_for(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
-    router = LocalRouter(domains)
-    transports = {"maildir": MaildirTransport(store, reactor, reactor.getThreadPool())}
-    runner = QueueRunner(store, router, transports, reactor, random=rng)
+    router = LocalRouter(domains, smarthost=config.smarthost)
+    resolver = DNSResolver(reactor, nameservers=list(config.nameservers) or None, random=rng)
+    credentials = None
+    if config.smarthost_username is not None and config.smarthost_password is not None:
+        credentials = (config.smarthost_username, config.smarthost_password)
+    smtp = SMTPTransport(store, reactor, resolver, rng, SMTPTransportSettings(
+        helo_name=config.hostname,
+        port=config.smtp_port,
+        tls=cast(TLSPolicy, config.smtp_tls),  # checked by the config
+        tls_policies=config.tls_policy,
+        credentials=credentials,
+        chunking=config.smtp_chunking,
+    ))
+    transports: dict[str, IDeliveryTransport] = {
+        "maildir": MaildirTransport(store, reactor, reactor.getThreadPool()),
+        "smtp": smtp,
+    }
+    runner = QueueRunner(store, router, transports, reactor, schedule=config.retry_schedule,
+                         random=rng)
     tls = ServerTLS(config.tls_cert, config.tls_key) if config.tls_cert and config.tls_key else None
     checker = make_checker(config.auth_checker) if config.auth_checker else None
     counts = ConnectionCounts()
@@ -161,4 +179,5 @@ def build_mail_service(
         )
         endpoint = serverFromString(reactor, listener.endpoint)
         listeners.append(ListeningService(endpoint, factory, listener.endpoint))
-    return MailService(store, listeners, runner, grace=config.shutdown_grace, tls=tls)
+    return MailService(store, listeners, runner, grace=config.shutdown_grace, tls=tls,
+                       stoppables=[smtp])

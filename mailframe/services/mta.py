@@ -6,6 +6,7 @@ Twisted service that starts and stops them in the right order.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, gatherResults
@@ -19,7 +20,13 @@ from mailframe.protocols.server import SMTPServerFactory
 from mailframe.services.listener import ListeningService
 from mailframe.services.queuerunner import QueueRunner
 
-__all__ = ["MailService"]
+__all__ = ["MailService", "Stoppable"]
+
+
+class Stoppable(Protocol):
+    """A part that the service stops when it stops: ``stop()`` returns a Deferred."""
+
+    def stop(self) -> Deferred[None]: ...
 
 #: Default seconds that connected clients get to finish on shutdown.
 DEFAULT_GRACE = 30.0
@@ -41,6 +48,8 @@ class MailService(MultiService):
     :param runner: the queue runner.
     :param grace: seconds given to connected sessions on shutdown.
     :param tls: the STARTTLS certificates, which :meth:`reload` reads again.
+    :param stoppables: parts to stop last, once the queue runner is done,
+        such as a transport's pool of outbound connections.
 
     :ivar ready: fires once the queue is recovered and every listener
         listens; fails if recovery failed or a listener could not listen.
@@ -55,9 +64,11 @@ class MailService(MultiService):
         runner: QueueRunner,
         grace: float = DEFAULT_GRACE,
         tls: ServerTLS | None = None,
+        stoppables: Sequence[Stoppable] = (),
     ) -> None:
         super().__init__()
         self.tls = tls
+        self.stoppables = list(stoppables)
         self.store = store
         self.listeners = list(listeners)
         self.runner = runner
@@ -111,3 +122,4 @@ class MailService(MultiService):
         )
         if self.runner.running:
             await self.runner.stopService()
+        await gatherResults([part.stop() for part in self.stoppables], consumeErrors=True)

@@ -26,7 +26,7 @@ __all__ = ["QueueRunner"]
 
 #: A recipient whose route names a transport that does not exist stays
 #: queued with this reply.
-NO_TRANSPORT = "no outbound transport yet"
+NO_TRANSPORT = "no such delivery transport"
 
 
 class QueueRunner(Service):
