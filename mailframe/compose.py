@@ -125,7 +125,11 @@ def build_mail_service(
     if config.smarthost_username is not None and config.smarthost_password is not None:
         credentials = (config.smarthost_username, config.smarthost_password)
     smtp = SMTPTransport(store, reactor, resolver, rng, SMTPTransportSettings(
-        helo_name=config.hostname,
+        helo_name=config.smtp_helo_name or config.hostname,
+        source_address=config.smtp_source_address,
+        source_address6=config.smtp_source_address6,
+        trust_roots=config.smtp_trust_roots,
+        our_names=(config.hostname,),
         port=config.smtp_port,
         tls=cast(TLSPolicy, config.smtp_tls),  # checked by the config
         tls_policies=config.tls_policy,

@@ -88,6 +88,13 @@ class Config:
     :ivar tls_policy: per-destination (domain or smarthost) TLS policies.
     :ivar smtp_chunking: send with BDAT when the next hop offers CHUNKING.
     :ivar retry_schedule: the retry schedule.
+    :ivar smtp_helo_name: the name outbound SMTP gives in EHLO; by default
+        :attr:`hostname`.
+    :ivar smtp_source_address: the IPv4 address outbound connections come
+        from, or ``None`` for the system's choice.
+    :ivar smtp_source_address6: the same for IPv6.
+    :ivar smtp_trust_roots: PEM files of the certificate authorities that
+        the ``verify`` policy trusts; empty for the system's.
     """
 
     listen: tuple[str, ...] = (DEFAULT_LISTEN,)
@@ -119,6 +126,10 @@ class Config:
     tls_policy: tuple[tuple[str, str], ...] = ()
     smtp_chunking: bool = False
     retry_schedule: RetrySchedule = DEFAULT_SCHEDULE
+    smtp_helo_name: str | None = None
+    smtp_source_address: str | None = None
+    smtp_source_address6: str | None = None
+    smtp_trust_roots: tuple[str, ...] = ()
 
     def effective_listeners(self) -> tuple[ListenerConfig, ...]:
         """
@@ -399,6 +410,24 @@ def _tls_policy(value: Any) -> tuple[tuple[str, str], ...]:
     return tuple((domain_key(str(k)), _tls_level(v)) for k, v in value.items())
 
 
+def _address(version: int) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        text = _string(value)
+        try:
+            address = ipaddress.ip_address(text)
+        except ValueError:
+            raise ValueError(f"{text!r} is not an IP address") from None
+        if address.version != version:
+            raise ValueError(f"{text!r} is not an IPv{version} address")
+        return str(address)
+
+    return check
+
+
+def _trust_roots(value: Any) -> tuple[str, ...]:
+    return tuple(_readable(path) for path in _strings(value))
+
+
 def _schedule(value: Any) -> RetrySchedule:
     return RetrySchedule.parse(_string(value))
 
@@ -436,6 +465,10 @@ _KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "tls_policy": ("tls_policy", _tls_policy),
     "smtp_chunking": ("smtp_chunking", _boolean),
     "retry_schedule": ("retry_schedule", _schedule),
+    "smtp_helo_name": ("smtp_helo_name", _hostname),
+    "smtp_source_address": ("smtp_source_address", _address(4)),
+    "smtp_source_address6": ("smtp_source_address6", _address(6)),
+    "smtp_trust_roots": ("smtp_trust_roots", _trust_roots),
 }
 
 

@@ -244,3 +244,25 @@ def test_outbound_errors(text: str, key: str) -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config(text)
     assert caught.value.key == key
+
+
+def test_outbound_identity_settings(tmp_path: object) -> None:
+    import pathlib
+
+    from tests.certs import make_certificates
+
+    certs = make_certificates(pathlib.Path(str(tmp_path)))
+    config = parse_config(
+        'smtp_helo_name = "out.example.com"\n'
+        'smtp_source_address = "127.0.0.2"\n'
+        'smtp_source_address6 = "::1"\n'
+        f'smtp_trust_roots = ["{certs.ca}"]\n'
+    )
+    assert config.smtp_helo_name == "out.example.com"
+    assert (config.smtp_source_address, config.smtp_source_address6) == ("127.0.0.2", "::1")
+    assert config.smtp_trust_roots == (str(certs.ca),)
+    for text, key in (('smtp_source_address = "::1"\n', "smtp_source_address"),
+                      ('smtp_trust_roots = ["/nonexistent.pem"]\n', "smtp_trust_roots")):
+        with pytest.raises(ConfigError) as caught:
+            parse_config(text)
+        assert caught.value.key == key
