@@ -31,7 +31,7 @@ def run(*argv: str) -> None:
 
 
 def test_ruff_lint() -> None:
-    run(tool("ruff"), "check", "mailframe", "tests", "examples", "twisted", "docs")
+    run(tool("ruff"), "check", "mailframe", "tests", "examples", "twisted", "docs", "benchmarks")
 
 
 def test_mypy_strict() -> None:
