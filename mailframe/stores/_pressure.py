@@ -10,7 +10,7 @@ from typing import cast
 
 from twisted.internet.interfaces import IDelayedCall, IPullProducer, IPushProducer, IReactorTime
 
-__all__ = ["DEFAULT_HIGH_WATER", "ProducerGate"]
+__all__ = ["DEFAULT_HIGH_WATER", "GatedWriter", "ProducerGate"]
 
 #: Octets a writer may hold before it pauses its producer.
 DEFAULT_HIGH_WATER = 1024 * 1024
@@ -93,3 +93,24 @@ class ProducerGate:
         self._pull = None
         if self._puller is not None and not self.paused:
             self._puller.resumeProducing()
+
+
+class GatedWriter:
+    """
+    The producer half of a queue writer: a registered producer is paused
+    and resumed by the writer's :class:`ProducerGate` (set by the subclass
+    as ``_gate``).
+    """
+
+    _gate: ProducerGate
+
+    @property
+    def paused(self) -> bool:
+        """``True`` while the registered producer is paused."""
+        return self._gate.paused
+
+    def registerProducer(self, producer: object, streaming: bool) -> None:
+        self._gate.register(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self._gate.unregister()

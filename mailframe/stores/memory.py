@@ -27,7 +27,7 @@ from mailframe.interfaces import IQueueStore, IQueueWriter
 from mailframe.stores._errors import NoSuchEntry
 from mailframe.stores._ids import RandomSource, new_queue_id
 from mailframe.stores._index import QueueIndex
-from mailframe.stores._pressure import DEFAULT_HIGH_WATER, ProducerGate
+from mailframe.stores._pressure import DEFAULT_HIGH_WATER, GatedWriter, ProducerGate
 
 __all__ = ["MemoryQueueStore"]
 
@@ -184,7 +184,7 @@ class MemoryQueueStore:
 
 
 @implementer(IQueueWriter)
-class _MemoryWriter:
+class _MemoryWriter(GatedWriter):
     """One message being written into a :class:`MemoryQueueStore`."""
 
     def __init__(self, store: MemoryQueueStore, queue_id: str) -> None:
@@ -194,17 +194,6 @@ class _MemoryWriter:
         self._chunks: list[bytes] = []
         self._held: list[bytes] = []
         self._gate = ProducerGate(store._clock, store._high_water)
-
-    @property
-    def paused(self) -> bool:
-        """``True`` while the registered producer is paused."""
-        return self._gate.paused
-
-    def registerProducer(self, producer: object, streaming: bool) -> None:
-        self._gate.register(producer, streaming)
-
-    def unregisterProducer(self) -> None:
-        self._gate.unregister()
 
     def write(self, data: bytes) -> None:
         if self._state is _Writing.ABORTED:

@@ -68,7 +68,7 @@ from mailframe.interfaces import IQueueStore, IQueueWriter
 from mailframe.stores._errors import NoSuchEntry
 from mailframe.stores._ids import RandomSource, new_queue_id
 from mailframe.stores._index import QueueIndex
-from mailframe.stores._pressure import DEFAULT_HIGH_WATER, ProducerGate
+from mailframe.stores._pressure import DEFAULT_HIGH_WATER, GatedWriter, ProducerGate
 from mailframe.stores._serialize import CorruptEntryError, entry_from_json, entry_to_json
 
 __all__ = ["DEFAULT_MIN_FREE", "WRITE_CHUNK", "SpoolQueueStore", "SpoolReactor"]
@@ -713,7 +713,7 @@ class _Writing(enum.Enum):
 
 
 @implementer(IQueueWriter)
-class _SpoolWriter:
+class _SpoolWriter(GatedWriter):
     """
     One message being written into ``tmp/<id>.msg``.
 
@@ -736,17 +736,6 @@ class _SpoolWriter:
         self._error: Failure | None = None
         self._tail: Deferred[None] = defer.succeed(None)
         self._gate = ProducerGate(cast(IReactorTime, store._reactor), store.high_water)
-
-    @property
-    def paused(self) -> bool:
-        """``True`` while the registered producer is paused."""
-        return self._gate.paused
-
-    def registerProducer(self, producer: object, streaming: bool) -> None:
-        self._gate.register(producer, streaming)
-
-    def unregisterProducer(self) -> None:
-        self._gate.unregister()
 
     def write(self, data: bytes) -> None:
         """
