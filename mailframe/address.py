@@ -11,6 +11,11 @@ so that ``Mailbox.parse(m.render(), utf8=not m.is_ascii) == m``.
 The lengths of RFC 5321 §4.5.3.1 (local part 64, domain 255, path 256) are
 sizes that a server must *accept*, not limits to enforce, so none is enforced
 here: the command line length bounds what can arrive.
+
+Addresses also travel as ESMTP parameter values, in the xtext of RFC 3461
+§4 (``AUTH=``, ``ORCPT=``, ``ENVID=``): :func:`encode_xtext` and
+:func:`decode_xtext` convert, and :func:`original_recipient` gives the
+``ORCPT`` value that names a mailbox.
 """
 
 from __future__ import annotations
@@ -26,7 +31,10 @@ __all__ = [
     "NULL_PATH",
     "NullPath",
     "ReversePath",
+    "decode_xtext",
+    "encode_xtext",
     "is_domain",
+    "original_recipient",
     "parse_forward_path",
     "parse_reverse_path",
 ]
@@ -62,6 +70,12 @@ _SUB_DOMAIN = {
     ),
 }
 _GENERAL_LITERAL = re.compile(r"[A-Za-z0-9-]*[A-Za-z0-9]:[\x21-\x5a\x5e-\x7e]+\Z")
+# RFC 3461 §4: xtext is xchar (printable ASCII but "+" and "=") and hexchar,
+# "+" and two upper-case hex digits; lower-case digits are taken too.
+_XTEXT = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-Fa-f]{2})*\Z")
+_HEXCHAR = re.compile(rb"\+([0-9A-Fa-f]{2})")
+# RFC 6533 §3 QCHAR: printable ASCII but "+", "=" and "\".
+_QCHAR = re.compile(r"[\x21-\x2a\x2c-\x3c\x3e-\x5b\x5d-\x7e]")
 
 
 def is_domain(text: str, utf8: bool = False) -> bool:
@@ -224,3 +238,56 @@ def parse_reverse_path(text: str, utf8: bool = False) -> ReversePath:
 def parse_forward_path(text: str, utf8: bool = False) -> Mailbox:
     """Parse the Forward-path of RCPT TO; ``<postmaster>`` needs no domain."""
     return Mailbox.parse(_strip_path(text, utf8), utf8)
+
+
+def encode_xtext(text: str) -> str:
+    """
+    *text* in xtext (RFC 3461 §4): its UTF-8 octets, each one that is not
+    printable ASCII, and ``+`` and ``=``, written ``+XX`` in upper-case
+    hex. ``decode_xtext(encode_xtext(text)) == text``.
+
+    :raises ValueError: when *text* has a lone surrogate, which UTF-8
+        cannot encode.
+    """
+    out = []
+    for octet in text.encode("utf-8"):
+        if 0x21 <= octet <= 0x7E and octet not in (0x2B, 0x3D):
+            out.append(chr(octet))
+        else:
+            out.append(f"+{octet:02X}")
+    return "".join(out)
+
+
+def decode_xtext(text: str) -> str:
+    """
+    The text that the xtext *text* encodes (RFC 3461 §4): each ``+XX`` is
+    the octet of hex value ``XX``, and the octets are read as UTF-8. What
+    the text may hold (printable ASCII only, for ORCPT and ENVID) is for
+    the caller to check.
+
+    :raises ValueError: when *text* is not xtext (a ``+`` without two hex
+        digits, ``=``, a space, a control or a non-ASCII character), or its
+        octets are not UTF-8.
+    """
+    if not _XTEXT.match(text):
+        raise ValueError(f"{text!r} is not xtext")
+    octets = _HEXCHAR.sub(lambda match: bytes([int(match.group(1), 16)]), text.encode("ascii"))
+    try:
+        return octets.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"the xtext {text!r} does not encode UTF-8") from None
+
+
+def original_recipient(mailbox: Mailbox) -> str:
+    """
+    The ORCPT value that names *mailbox* (RFC 3461 §4.2), before its
+    address is encoded in xtext: ``rfc822;`` and the address; for a
+    non-ASCII address, ``utf-8;`` and its utf-8-addr-xtext form
+    (RFC 6533 §3), each character outside QCHAR written ``\\x{HEX}``, so
+    that the value stays printable ASCII as RFC 3461 §4.2 requires.
+    """
+    address = mailbox.render()
+    if address.isascii():
+        return f"rfc822;{address}"
+    encoded = "".join(char if _QCHAR.match(char) else f"\\x{{{ord(char):02X}}}" for char in address)
+    return f"utf-8;{encoded}"

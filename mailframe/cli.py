@@ -4,6 +4,11 @@ The ``mailframe`` command.
 ``mailframe check-config FILE`` reads a config file the way ``twistd
 mailframe --config FILE`` does and reports the first problem, naming the
 key and the line.
+
+``mailframe queue COMMAND`` looks at the queue and changes it, also while
+the server runs: ``list``, ``show``, ``flush``, ``delete``, ``hold``,
+``release``, ``requeue`` and ``stats``, each given the queue with
+``--queue-dir DIR`` or ``--config FILE``.
 """
 
 from __future__ import annotations
@@ -12,13 +17,15 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from mailframe.config import load_config
-from mailframe.errors import ConfigError
+from mailframe._queuecmd import add_queue_command
 
 __all__ = ["main"]
 
 
 def _check_config(arguments: argparse.Namespace) -> int:
+    from mailframe.config import load_config
+    from mailframe.errors import ConfigError
+
     try:
         config = load_config(arguments.file)
     except ConfigError as error:
@@ -29,14 +36,20 @@ def _check_config(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command; return its exit status."""
+def _parser() -> argparse.ArgumentParser:
+    """The parser of the whole command line."""
     parser = argparse.ArgumentParser(prog="mailframe", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("check-config", help="check a config file")
     check.add_argument("file")
     check.set_defaults(run=_check_config)
-    arguments = parser.parse_args(argv)
+    add_queue_command(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; return its exit status."""
+    arguments = _parser().parse_args(argv)
     status: int = arguments.run(arguments)
     return status
 

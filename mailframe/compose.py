@@ -140,8 +140,16 @@ def build_mail_service(
         "maildir": MaildirTransport(store, reactor, reactor.getThreadPool()),
         "smtp": smtp,
     }
-    runner = QueueRunner(store, router, transports, reactor, schedule=config.retry_schedule,
-                         random=rng)
+    runner = QueueRunner(
+        store, router, transports, reactor,
+        schedule=config.retry_schedule,
+        random=rng,
+        max_lifetime=config.max_queue_lifetime,
+        delay_warning=config.delay_warning,
+        hostname=config.hostname,
+        bounce_size_limit=config.bounce_size_limit,
+        double_bounce_recipient=config.double_bounce_recipient,
+    )
     tls = ServerTLS(config.tls_cert, config.tls_key) if config.tls_cert and config.tls_key else None
     checker = make_checker(config.auth_checker) if config.auth_checker else None
     counts = ConnectionCounts()
@@ -184,4 +192,4 @@ def build_mail_service(
         endpoint = serverFromString(reactor, listener.endpoint)
         listeners.append(ListeningService(endpoint, factory, listener.endpoint))
     return MailService(store, listeners, runner, grace=config.shutdown_grace, tls=tls,
-                       stoppables=[smtp])
+                       stoppables=[smtp, store])

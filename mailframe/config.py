@@ -18,13 +18,20 @@ from typing import Any
 
 import attrs
 
-from mailframe.address import is_domain
+from mailframe.address import AddressError, Mailbox, is_domain
 from mailframe.core import MIN_RECIPIENTS
 from mailframe.errors import ConfigError
 from mailframe.policies._domains import domain_key
 from mailframe.policies.relay import LOOPBACK, parse_networks
 from mailframe.policies.users import load_users
-from mailframe.services.schedule import DEFAULT_SCHEDULE, RetrySchedule, parse_duration
+from mailframe.services.queuerunner import DEFAULT_BOUNCE_SIZE_LIMIT
+from mailframe.services.schedule import (
+    DEFAULT_DELAY_WARNING,
+    DEFAULT_MAX_LIFETIME,
+    DEFAULT_SCHEDULE,
+    RetrySchedule,
+    parse_duration,
+)
 
 __all__ = [
     "ComponentContext",
@@ -88,6 +95,15 @@ class Config:
     :ivar tls_policy: per-destination (domain or smarthost) TLS policies.
     :ivar smtp_chunking: send with BDAT when the next hop offers CHUNKING.
     :ivar retry_schedule: the retry schedule.
+    :ivar max_queue_lifetime: seconds a message may wait in the queue
+        before its pending recipients expire and bounce.
+    :ivar delay_warning: seconds after which the sender is told, once, that
+        a message is still being retried; 0 sends no warning.
+    :ivar bounce_size_limit: octets of the original message that a bounce
+        may return; above it, a bounce returns the headers only.
+    :ivar double_bounce_recipient: where reports go about messages from the
+        null sender that could not be delivered, or ``None`` to only log
+        them.
     :ivar smtp_helo_name: the name outbound SMTP gives in EHLO; by default
         :attr:`hostname`.
     :ivar smtp_source_address: the IPv4 address outbound connections come
@@ -126,6 +142,10 @@ class Config:
     tls_policy: tuple[tuple[str, str], ...] = ()
     smtp_chunking: bool = False
     retry_schedule: RetrySchedule = DEFAULT_SCHEDULE
+    max_queue_lifetime: float = DEFAULT_MAX_LIFETIME
+    delay_warning: float = DEFAULT_DELAY_WARNING
+    bounce_size_limit: int = DEFAULT_BOUNCE_SIZE_LIMIT
+    double_bounce_recipient: Mailbox | None = None
     smtp_helo_name: str | None = None
     smtp_source_address: str | None = None
     smtp_source_address6: str | None = None
@@ -428,6 +448,13 @@ def _trust_roots(value: Any) -> tuple[str, ...]:
     return tuple(_readable(path) for path in _strings(value))
 
 
+def _mailbox(value: Any) -> Mailbox:
+    try:
+        return Mailbox.parse(_string(value), utf8=True)
+    except AddressError as e:
+        raise ValueError(f"expected a mailbox such as postmaster@example.com: {e}") from None
+
+
 def _schedule(value: Any) -> RetrySchedule:
     return RetrySchedule.parse(_string(value))
 
@@ -465,6 +492,10 @@ _KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "tls_policy": ("tls_policy", _tls_policy),
     "smtp_chunking": ("smtp_chunking", _boolean),
     "retry_schedule": ("retry_schedule", _schedule),
+    "max_queue_lifetime": ("max_queue_lifetime", _seconds(1)),
+    "delay_warning": ("delay_warning", _seconds(0)),
+    "bounce_size_limit": ("bounce_size_limit", _integer(0)),
+    "double_bounce_recipient": ("double_bounce_recipient", _mailbox),
     "smtp_helo_name": ("smtp_helo_name", _hostname),
     "smtp_source_address": ("smtp_source_address", _address(4)),
     "smtp_source_address6": ("smtp_source_address6", _address(6)),

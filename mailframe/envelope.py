@@ -16,15 +16,21 @@ from mailframe.reply import Reply
 __all__ = [
     "BodyType",
     "ClientInfo",
+    "DSNOptions",
     "DeliveryStatus",
     "Envelope",
     "EntryState",
+    "Handoff",
     "QueueEntry",
     "QueueStats",
+    "QueuedRecipient",
     "RecipientResult",
     "RecipientState",
     "Route",
 ]
+
+#: The NOTIFY keywords of RFC 3461 §4.1.
+NOTIFY_KEYWORDS = frozenset({"NEVER", "SUCCESS", "FAILURE", "DELAY"})
 
 
 class BodyType(enum.Enum):
@@ -62,6 +68,36 @@ class ClientInfo:
 
 
 @attrs.frozen
+class DSNOptions:
+    """
+    What one recipient's RCPT asked of delivery status notifications
+    (RFC 3461 §4).
+
+    :ivar notify: the NOTIFY keywords, upper case: ``{"NEVER"}``, or some of
+        ``SUCCESS``, ``FAILURE`` and ``DELAY``; ``None`` when RCPT gave no
+        NOTIFY, which asks for failures and delays (RFC 3461 §4.1 leaves
+        the choice to the MTA, and this is Postfix's).
+    :ivar orcpt: the ORCPT parameter decoded from xtext: its address type,
+        a semicolon, and the address, such as ``"rfc822;bob@example.com"``.
+    """
+
+    notify: frozenset[str] | None = None
+    orcpt: str | None = None
+
+    def wants(self, keyword: str) -> bool:
+        """
+        Whether a notification of *keyword* (``SUCCESS``, ``FAILURE`` or
+        ``DELAY``) is asked for.
+        """
+        if self.notify is None:
+            return keyword in ("FAILURE", "DELAY")
+        return keyword in self.notify
+
+
+_NO_DSN = DSNOptions()
+
+
+@attrs.frozen
 class Envelope:
     """
     The envelope of one message: what MAIL and RCPT said, and about whom.
@@ -81,6 +117,12 @@ class Envelope:
         §5): what an authenticated client gave, or its identity; ``"<>"``
         when it gave ``AUTH=<>``; ``None`` for a client that did not
         authenticate, whose ``AUTH=`` is not trusted.
+    :ivar ret: the RET parameter of MAIL (RFC 3461 §4.3), ``"FULL"`` or
+        ``"HDRS"``, or ``None``.
+    :ivar envid: the ENVID parameter of MAIL (RFC 3461 §4.4), decoded from
+        xtext, or ``None``.
+    :ivar dsn: the DSN options of the recipients that gave any, as
+        ``(recipient, options)`` pairs; see :meth:`dsn_options`.
     """
 
     sender: ReversePath
@@ -92,6 +134,16 @@ class Envelope:
     received_at: float = 0.0
     added_headers: tuple[str, ...] = ()
     auth: str | None = None
+    ret: str | None = None
+    envid: str | None = None
+    dsn: tuple[tuple[Mailbox, DSNOptions], ...] = ()
+
+    def dsn_options(self, recipient: Mailbox) -> DSNOptions:
+        """The DSN options that RCPT gave for *recipient*; defaults if none."""
+        for mailbox, options in self.dsn:
+            if mailbox == recipient:
+                return options
+        return _NO_DSN
 
 
 RouteArgs = tuple[tuple[str, str], ...]
@@ -133,6 +185,21 @@ class DeliveryStatus(enum.Enum):
     PERMANENT = "permanent"
 
 
+class Handoff(enum.Enum):
+    """
+    Where a delivered recipient went, which decides what a SUCCESS
+    notification says (RFC 3464 §2.3.3).
+    """
+
+    #: Final delivery (a mailbox, LMTP): "delivered".
+    DELIVERED = "delivered"
+    #: To a next hop that does not offer DSN: "relayed".
+    RELAYED = "relayed"
+    #: To a next hop that offers DSN and was given the parameters: it
+    #: reports from now on, and no notification is sent here.
+    PASSED_ON = "passed-on"
+
+
 @attrs.frozen
 class RecipientResult:
     """
@@ -144,6 +211,7 @@ class RecipientResult:
     :ivar original: the recipient of the envelope that the router expanded
         into *recipient* (for DSN, RFC 3461 ORCPT); the same when not expanded.
     :ivar remote: the host that answered, if any.
+    :ivar handoff: for a delivered recipient, where it went.
     """
 
     recipient: Mailbox
@@ -151,24 +219,27 @@ class RecipientResult:
     reply: Reply
     original: Mailbox | None = None
     remote: str | None = None
+    handoff: Handoff = Handoff.DELIVERED
 
 
 class EntryState(enum.Enum):
     """
-    The life of a queue entry.
+    The life of a queue entry, as in Postfix's queue directories.
 
-    ``incoming`` entries are being received and are invisible; ``active`` ones
-    are due (or claimed under a lease); ``deferred`` ones wait for their next
-    attempt; ``hold`` ones wait for an operator; ``done`` ones have an outcome
-    for every recipient; ``quarantine`` holds entries that could not be read.
+    ``incoming`` entries are committed and wait for their first attempt;
+    ``active`` ones are claimed by a queue runner; ``deferred`` ones wait
+    for their next attempt; ``hold`` ones wait for an operator; ``corrupt``
+    ones could not be read and are kept aside for an operator. An entry is
+    removed once every recipient is delivered, bounced or expired and every
+    notification owed is queued. A message still being received is not an
+    entry yet.
     """
 
     INCOMING = "incoming"
     ACTIVE = "active"
     DEFERRED = "deferred"
     HOLD = "hold"
-    DONE = "done"
-    QUARANTINE = "quarantine"
+    CORRUPT = "corrupt"
 
 
 class RecipientState(enum.Enum):
@@ -176,7 +247,33 @@ class RecipientState(enum.Enum):
 
     PENDING = "pending"
     DELIVERED = "delivered"
-    FAILED = "failed"
+    BOUNCED = "bounced"
+    EXPIRED = "expired"
+
+
+@attrs.frozen
+class QueuedRecipient:
+    """
+    One recipient of a queue entry, with its own delivery history.
+
+    :ivar mailbox: the recipient as the envelope has it.
+    :ivar state: pending, or its final state.
+    :ivar attempts: delivery attempts made for it.
+    :ivar reply: the last reply for it, or ``None`` before any attempt.
+    :ivar remote: the host that gave :attr:`reply`, if any.
+    :ivar next_attempt: POSIX time of its next attempt, while pending.
+    :ivar report: the RFC 3464 action of a notification owed for it and
+        not yet queued (``"failed"``, ``"delivered"`` or ``"relayed"``), or
+        ``None``. An entry with a report owed is not done.
+    """
+
+    mailbox: Mailbox
+    state: RecipientState = RecipientState.PENDING
+    attempts: int = 0
+    reply: Reply | None = None
+    remote: str | None = None
+    next_attempt: float = 0.0
+    report: str | None = None
 
 
 @attrs.frozen
@@ -190,30 +287,55 @@ class QueueEntry:
     :ivar recipients: each recipient of the envelope with its state.
     :ivar attempts: delivery attempts made so far.
     :ivar next_attempt: POSIX time when the entry is next due.
-    :ivar reason: why it was last deferred, held or quarantined.
+    :ivar reason: why it was last deferred, held or set aside as corrupt.
     :ivar size: the size of the stored message in octets.
+    :ivar warned: whether the delay warning was sent.
     """
 
     queue_id: str
     envelope: Envelope
     state: EntryState
-    recipients: tuple[tuple[Mailbox, RecipientState], ...]
+    recipients: tuple[QueuedRecipient, ...]
     attempts: int = 0
     next_attempt: float = 0.0
     reason: str = ""
     size: int = 0
+    warned: bool = False
+
+    @classmethod
+    def new(
+        cls, queue_id: str, envelope: Envelope, now: float, size: int, state: EntryState
+    ) -> QueueEntry:
+        """A freshly committed entry: every recipient pending, due at *now*."""
+        recipients = tuple(QueuedRecipient(r, next_attempt=now) for r in envelope.recipients)
+        return cls(queue_id, envelope, state, recipients, next_attempt=now, size=size)
 
     @property
     def pending(self) -> tuple[Mailbox, ...]:
         """The recipients that still need delivering."""
-        return tuple(r for r, state in self.recipients if state is RecipientState.PENDING)
+        return tuple(r.mailbox for r in self.recipients if r.state is RecipientState.PENDING)
+
+    @property
+    def done(self) -> bool:
+        """No recipient is pending and no notification is owed."""
+        return all(
+            r.state is not RecipientState.PENDING and r.report is None for r in self.recipients
+        )
 
 
 @attrs.frozen
 class QueueStats:
-    """Counts of queue entries by state."""
+    """
+    Counts of queue entries by state.
+
+    :ivar counts: ``(state, count)`` pairs.
+    :ivar size: octets stored, or ``None`` when the store does not know.
+    :ivar oldest: POSIX time the oldest entry arrived, or ``None``.
+    """
 
     counts: tuple[tuple[EntryState, int], ...]
+    size: int | None = None
+    oldest: float | None = None
 
     def __getitem__(self, state: EntryState) -> int:
         return dict(self.counts).get(state, 0)

@@ -113,9 +113,11 @@ class IQueueWriter(Interface):
         written so far; end-of-data policies use it to scan the message.
         """
 
-    def commit(envelope: Any) -> Any:
+    def commit(envelope: Any, hold: str | None = None) -> Any:
         """
-        Make the message and its envelope durable, and queue it.
+        Make the message and its envelope durable, and queue it: as an
+        ``incoming`` entry, or, when *hold* gives a reason, straight into
+        ``hold``, so that no runner can claim it first.
 
         :return: a Deferred that fires with the queue id only once both the
             message and the envelope will survive a crash. Replying 250 to
@@ -131,7 +133,8 @@ class IQueueStore(Interface):
     The queue: durable storage of messages and their delivery state.
 
     The ``mailframe queue`` commands use only this contract, so they work on
-    every store.
+    every store, while a server uses the same store; they never call
+    :meth:`recover` or :meth:`claim`, which belong to the server.
     """
 
     def recover() -> Any:
@@ -162,20 +165,38 @@ class IQueueStore(Interface):
     def renew(queue_id: str, lease: float) -> Any:
         """Extend the lease on a claimed entry; fails if it was lost."""
 
-    def record(queue_id: str, results: Any) -> Any:
+    def record(entry: Any) -> Any:
         """
-        Record the :class:`~mailframe.envelope.RecipientResult` of an attempt.
-        Delivered and permanently failed recipients are done; when none is
-        left pending, the entry is done and removed.
+        Store the delivery state of a claimed entry: the recipients,
+        attempts and warned flag of the :class:`~mailframe.envelope.QueueEntry`
+        *entry*, whose queue id names it (its state, next attempt and
+        envelope are not read). The recipients are the entry's own, in the
+        same order.
+
+        :return: a Deferred that fires once the state is durable; when the
+            entry is :attr:`~mailframe.envelope.QueueEntry.done`, once it is
+            removed. It fails with :class:`~mailframe.stores.NoSuchEntry`
+            if an operator deleted the entry meanwhile.
         """
 
     def reschedule(queue_id: str, when: float, reason: str) -> Any:
-        """Defer a claimed entry until *when*, releasing its lease."""
+        """
+        Defer a claimed entry until *when*, releasing its lease. An entry
+        that an operator held or deleted meanwhile stays as it is.
+        """
+
+    def notify_on_change(callback: Any) -> None:
+        """
+        Call *callback* with no arguments whenever entries may have become
+        due through something other than this object: a ``mailframe
+        queue`` command in another process, or another node sharing the
+        store. A queue runner passes its ``wake``.
+        """
 
     def list(state: Any = None, after: str | None = None, limit: int = 1000) -> Any:
         """
         A page of entries, in queue-id order, after *after*; call again with
-        the last id to stream the whole queue.
+        the last id to stream the whole queue in bounded memory.
 
         :param state: an :class:`~mailframe.envelope.EntryState` to filter on.
         """
@@ -202,7 +223,7 @@ class IQueueStore(Interface):
         """A Deferred firing with :class:`~mailframe.envelope.QueueStats`."""
 
     def quarantine(queue_id: str, reason: str) -> Any:
-        """Set an unreadable or corrupt entry aside, out of delivery."""
+        """Set an unreadable entry aside in ``corrupt``, out of delivery."""
 
 
 class IRouter(Interface):

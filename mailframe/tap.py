@@ -50,6 +50,10 @@ class Options(usage.Options):
         ["smtp-port", None, None, "The port of MX hosts (default 25)."],
         ["retry-schedule", None, None,
          "Comma-separated retry intervals; the last repeats (default 5m,10m,20m,40m,67m)."],
+        ["max-queue-lifetime", None, None,
+         "How long a message may wait before it bounces (default 5d)."],
+        ["delay-warning", None, None,
+         "Tell the sender once after this delay, such as 4h; 0 never (default 4h)."],
     ]
 
     def __init__(self) -> None:
@@ -89,7 +93,7 @@ class Options(usage.Options):
                 values[key] = self[option]
         for option in ("hostname", "queue-dir", "local-users", "max-message-size",
                        "max-recipients", "tls-cert", "tls-key", "smarthost", "smtp-port",
-                       "retry-schedule"):
+                       "retry-schedule", "max-queue-lifetime", "delay-warning"):
             if self[option] is not None:
                 values[option.replace("-", "_")] = self[option]
         if self["auth"] is not None:

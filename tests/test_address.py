@@ -5,14 +5,20 @@ extensions of RFC 6531 §3.3.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given
+from hypothesis import strategies as st
 
 from mailframe.address import (
     NULL_PATH,
     AddressError,
     Mailbox,
+    decode_xtext,
+    encode_xtext,
     is_domain,
+    original_recipient,
     parse_forward_path,
     parse_reverse_path,
 )
@@ -193,3 +199,76 @@ def test_null_path() -> None:
 )
 def test_is_domain(text: str, utf8: bool, result: bool) -> None:
     assert is_domain(text, utf8) is result
+
+
+# -- xtext (RFC 3461 §4) ---------------------------------------------------------
+
+#: RFC 3461 §4: xchar, and hexchar with upper-case digits.
+CANONICAL_XTEXT = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})*\Z")
+
+
+@given(st.text(st.characters(exclude_categories=strategies.SURROGATES)))
+def test_xtext_round_trip(text: str) -> None:
+    encoded = encode_xtext(text)
+    assert CANONICAL_XTEXT.match(encoded)
+    assert decode_xtext(encoded) == text
+
+
+@given(st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E)))
+def test_printable_ascii_is_encoded_only_where_it_must_be(text: str) -> None:
+    encoded = encode_xtext(text)
+    assert encoded == text.replace("+", "+2B").replace("=", "+3D")
+    assert encode_xtext(decode_xtext(encoded)) == encoded
+
+
+@pytest.mark.parametrize(
+    ("xtext", "text"),
+    [
+        ("", ""),
+        ("bob@example.com", "bob@example.com"),
+        ("a+20b+2Bc+3Dd+C3+A9", "a b+c=d\u00e9"),
+        # RFC 3461 asks for upper-case hex digits; lower case is read too.
+        ("a+2bb", "a+b"),
+        ("+0D+0A", "\r\n"),
+    ],
+)
+def test_decode_xtext(xtext: str, text: str) -> None:
+    assert decode_xtext(xtext) == text
+
+
+@pytest.mark.parametrize("xtext", ["a+", "a+2", "a+2G", "a=b", "a b", "a\tb", "caf\u00e9", "+FF"])
+def test_decode_xtext_refuses(xtext: str) -> None:
+    with pytest.raises(ValueError):
+        decode_xtext(xtext)
+
+
+def test_encode_xtext_refuses_surrogates() -> None:
+    with pytest.raises(ValueError):
+        encode_xtext("\ud800")
+
+
+@pytest.mark.parametrize(
+    ("mailbox", "orcpt"),
+    [
+        (Mailbox("bob", "example.com"), "rfc822;bob@example.com"),
+        (Mailbox("a b", "example.com"), 'rfc822;"a b"@example.com'),
+        (Mailbox("postmaster", ""), "rfc822;postmaster"),
+        # RFC 6533 §3: utf-8-addr-xtext, with "+", "=" and "\\" escaped too.
+        (
+            Mailbox("j\u00f6rg+a=b", "b\u00fccher.example"),
+            "utf-8;j\\x{F6}rg\\x{2B}a\\x{3D}b@b\\x{FC}cher.example",
+        ),
+        (Mailbox("\U0001f600", "example.com"), "utf-8;\\x{1F600}@example.com"),
+    ],
+)
+def test_original_recipient(mailbox: Mailbox, orcpt: str) -> None:
+    assert original_recipient(mailbox) == orcpt
+    assert orcpt.isascii() and orcpt.isprintable()
+
+
+@given(strategies.mailboxes)
+def test_original_recipient_is_printable_ascii(mailbox: Mailbox) -> None:
+    """RFC 3461 §4.2: the original recipient address is printable US-ASCII."""
+    orcpt = original_recipient(mailbox)
+    assert re.fullmatch(r"(rfc822|utf-8);[\x20-\x7e]+", orcpt)
+    assert decode_xtext(encode_xtext(orcpt)) == orcpt

@@ -266,3 +266,45 @@ def test_outbound_identity_settings(tmp_path: object) -> None:
         with pytest.raises(ConfigError) as caught:
             parse_config(text)
         assert caught.value.key == key
+
+
+def test_queue_lifetime_settings() -> None:
+    config = parse_config(
+        'max_queue_lifetime = "2d"\n'
+        'delay_warning = "0"\n'
+        "bounce_size_limit = 10000\n"
+        'double_bounce_recipient = "postmaster@example.com"\n'
+    )
+    assert config.max_queue_lifetime == 2 * 86400
+    assert config.delay_warning == 0
+    assert config.bounce_size_limit == 10000
+    assert str(config.double_bounce_recipient) == "postmaster@example.com"
+    defaults = Config()
+    assert (defaults.max_queue_lifetime, defaults.delay_warning) == (5 * 86400, 4 * 3600)
+    assert defaults.bounce_size_limit == 50_000
+    assert defaults.double_bounce_recipient is None
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('\nmax_queue_lifetime = "forever"\n', "max_queue_lifetime"),
+        ('\ndelay_warning = "-1h"\n', "delay_warning"),
+        ("\nbounce_size_limit = -5\n", "bounce_size_limit"),
+        ('\ndouble_bounce_recipient = "not an address"\n', "double_bounce_recipient"),
+    ],
+)
+def test_queue_lifetime_errors(text: str, key: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text)
+    assert (caught.value.key, caught.value.line) == (key, 2)
+
+
+def test_queue_lifetime_options() -> None:
+    options = Options()
+    options.parseOptions(["--max-queue-lifetime", "3d", "--delay-warning", "30m"])
+    assert options.config.max_queue_lifetime == 3 * 86400
+    assert options.config.delay_warning == 1800
+    with pytest.raises(usage.UsageError) as caught:
+        Options().parseOptions(["--delay-warning", "later"])
+    assert str(caught.value).startswith("--delay-warning: ")

@@ -31,6 +31,7 @@ from mailframe.core._client_events import (
 from mailframe.core._client_limits import REPLY_LINE, ClientLimits
 from mailframe.core._client_state import ClientState
 from mailframe.core._commands import CommandError, parse_command, parse_sasl_response
+from mailframe.core._dsn import dsn_mail_parameters, dsn_rcpt_parameters
 from mailframe.core._events import (
     NEED_DATA,
     PAUSED,
@@ -63,7 +64,9 @@ from mailframe.core._limits import (
     COMMAND_LINE,
     DSN_MAIL_EXTRA,
     DSN_RCPT_EXTRA,
+    ENVID_LENGTH,
     MIN_RECIPIENTS,
+    ORCPT_LENGTH,
     SASL_LINE,
     SIZE_MAIL_EXTRA,
     Limits,
@@ -104,6 +107,7 @@ __all__ = [
     "DSN_MAIL_EXTRA",
     "DSN_RCPT_EXTRA",
     "Data",
+    "ENVID_LENGTH",
     "Ehlo",
     "EndOfMessage",
     "Event",
@@ -118,6 +122,7 @@ __all__ = [
     "MessageData",
     "NEED_DATA",
     "Noop",
+    "ORCPT_LENGTH",
     "PAUSED",
     "ProtocolViolation",
     "Quit",
@@ -133,6 +138,8 @@ __all__ = [
     "State",
     "Transaction",
     "Vrfy",
+    "dsn_mail_parameters",
+    "dsn_rcpt_parameters",
     "parse_command",
     "parse_sasl_response",
 ]

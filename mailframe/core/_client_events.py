@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping
 import attrs
 
 from mailframe.address import Mailbox, ReversePath, is_domain
+from mailframe.core._dsn import parse_envid, parse_notify, parse_orcpt, parse_ret
 from mailframe.core._events import ConnectionClosed
 from mailframe.reply import Reply
 
@@ -103,9 +104,24 @@ def _check_mail_parameters(
         if key == "SMTPUTF8" and val is not None:
             # RFC 6531 §3.4: SMTPUTF8 takes no value.
             raise ValueError("the SMTPUTF8 parameter takes no value")
+        if key == "RET":
+            parse_ret(val)
+        if key == "ENVID":
+            parse_envid(val)
     if not instance.sender.render().isascii() and not instance.smtputf8:
         # RFC 6531 §3.4: a non-ASCII address needs SMTPUTF8 on MAIL.
         raise ValueError("a non-ASCII sender needs the SMTPUTF8 parameter")
+
+
+def _check_rcpt_parameters(
+    instance: ClientRcpt, attribute: attrs.Attribute[Parameters], value: Parameters
+) -> None:
+    for key, val in value:
+        # RFC 3461 §4.1, §4.2: what a server would refuse with 501.
+        if key == "NOTIFY":
+            parse_notify(val)
+        if key == "ORCPT":
+            parse_orcpt(val)
 
 
 def _upper(value: str) -> str:
@@ -144,8 +160,10 @@ class ClientMail(ClientCommand):
         (see :meth:`ClientConnection.send
         <mailframe.core.ClientConnection.send>`).
     :raises ValueError: for a parameter that is not ``KEY[=VALUE]`` with
-        an ASCII value, a malformed SIZE, BODY or SMTPUTF8, or a non-ASCII
-        sender without SMTPUTF8 (RFC 6531 §3.4).
+        an ASCII value, a malformed SIZE, BODY, SMTPUTF8, RET or ENVID
+        (RFC 3461 §4.3, §4.4; :func:`~mailframe.core.dsn_mail_parameters`
+        makes them from an envelope), or a non-ASCII sender without
+        SMTPUTF8 (RFC 6531 §3.4).
     """
 
     sender: ReversePath
@@ -172,10 +190,16 @@ class ClientRcpt(ClientCommand):
 
     :ivar parameters: ESMTP parameters such as ``{"NOTIFY": "NEVER"}``, as
         for :class:`ClientMail`.
+    :raises ValueError: for a parameter that is not ``KEY[=VALUE]`` with
+        an ASCII value, or a malformed NOTIFY or ORCPT (RFC 3461 §4.1,
+        §4.2; :func:`~mailframe.core.dsn_rcpt_parameters` makes them from
+        an envelope's :class:`~mailframe.envelope.DSNOptions`).
     """
 
     recipient: Mailbox
-    parameters: Parameters = attrs.field(default=(), converter=_parameters)
+    parameters: Parameters = attrs.field(
+        default=(), converter=_parameters, validator=_check_rcpt_parameters
+    )
 
 
 @attrs.frozen

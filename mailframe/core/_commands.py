@@ -10,9 +10,11 @@ from __future__ import annotations
 import binascii
 import re
 from collections.abc import Callable
+from typing import TypeVar
 
-from mailframe.address import AddressError, parse_forward_path, parse_reverse_path
+from mailframe.address import AddressError, decode_xtext, parse_forward_path, parse_reverse_path
 from mailframe.core import _events as ev
+from mailframe.core._dsn import parse_envid, parse_notify, parse_orcpt, parse_ret
 from mailframe.envelope import BodyType
 from mailframe.reply import Reply
 
@@ -24,24 +26,14 @@ _VALUE = re.compile(r"[\x21-\x3c\x3e-\x7e\u0080-\U0010ffff]+\Z")
 _DIGITS = re.compile(r"[0-9]{1,20}\Z")
 # RFC 4422 §3.1: sasl-mech, in any case.
 _MECHANISM = re.compile(r"[A-Za-z0-9_-]{1,20}\Z")
-# RFC 3461 §4: xtext is xchar (printable ASCII but "+" and "=") and "+XX"
-# hexchar. RFC 3461 asks for upper-case hex digits; lower case is taken too.
-_XTEXT = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-Fa-f]{2})+\Z")
-_HEXCHAR = re.compile(rb"\+([0-9A-Fa-f]{2})")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 #: Commands of RFC 5321 and its predecessors, and extensions, that are known
 #: but not served (STARTTLS and BDAT unless offered).
 _NOT_IMPLEMENTED = frozenset({"SEND", "SOML", "SAML", "TURN", "ETRN", "ATRN", "BDAT", "STARTTLS"})
 
-#: Parameters taken only when the extension that defines them was
-#: advertised: AUTH= (RFC 4954 §5; its xtext is decoded into Mail.auth), and
-#: RET, ENVID, NOTIFY and ORCPT (RFC 3461 §4), passed on unchecked beyond
-#: their syntax.
-_MAIL_EXTENSION_PARAMETERS = {"AUTH": "AUTH", "RET": "DSN", "ENVID": "DSN"}
-_RCPT_EXTENSION_PARAMETERS = {"NOTIFY": "DSN", "ORCPT": "DSN"}
-
 Parameters = tuple[tuple[str, str | None], ...]
+_T = TypeVar("_T")
 
 
 class CommandError(Exception):
@@ -107,18 +99,23 @@ def _parameters(text: str) -> Parameters:
 
 
 def _xtext(value: str | None) -> str:
-    """The decoded xtext of RFC 3461 §4, or a 501."""
-    if value is None or not _XTEXT.match(value):
-        raise _error(501, "5.5.4", "Bad AUTH parameter syntax")
-    decoded = _HEXCHAR.sub(lambda match: bytes([int(match.group(1), 16)]), value.encode("ascii"))
+    """The decoded xtext of RFC 3461 §4, for AUTH=, or a 501."""
     try:
-        text = decoded.decode("utf-8")
-    except UnicodeDecodeError:
+        text = decode_xtext(value or "")
+    except ValueError:
         raise _error(501, "5.5.4", "Bad AUTH parameter syntax") from None
-    if _CONTROL.search(text):
+    if not text or _CONTROL.search(text):
         # "+0D+0A" would put a line end into logs and trace fields.
         raise _error(501, "5.5.4", "Bad AUTH parameter syntax")
     return text
+
+
+def _dsn_value(parse: Callable[[str | None], _T], key: str, value: str | None) -> _T:
+    """A DSN parameter checked by *parse* (RFC 3461 §4), or a 501."""
+    try:
+        return parse(value)
+    except ValueError:
+        raise _error(501, "5.5.4", f"Bad {key} parameter") from None
 
 
 def _needs_smtputf8(path_text: str, parse: Callable[[str, bool], object]) -> bool:
@@ -144,6 +141,9 @@ def _mail(argument: str, extensions: frozenset[str], max_size: int) -> ev.Mail:
     body = BodyType.SEVEN_BIT
     smtputf8 = False
     auth: str | None = None
+    ret: str | None = None
+    envid: str | None = None
+    dsn = "DSN" in extensions
     for key, value in parameters:
         if key == "SIZE" and "SIZE" in extensions:
             if value is None or not _DIGITS.match(value):
@@ -161,7 +161,11 @@ def _mail(argument: str, extensions: frozenset[str], max_size: int) -> ev.Mail:
         elif key == "AUTH" and "AUTH" in extensions:
             # RFC 4954 §5: an xtext-encoded mailbox, or "<>".
             auth = _xtext(value)
-        elif _MAIL_EXTENSION_PARAMETERS.get(key) not in extensions:
+        elif key == "RET" and dsn:
+            ret = _dsn_value(parse_ret, key, value)
+        elif key == "ENVID" and dsn:
+            envid = _dsn_value(parse_envid, key, value)
+        else:
             raise _error(555, "5.5.4", f"Unsupported MAIL parameter: {key}")
     try:
         sender = parse_reverse_path(path_text, utf8=smtputf8)
@@ -172,14 +176,21 @@ def _mail(argument: str, extensions: frozenset[str], max_size: int) -> ev.Mail:
     if max_size and size is not None and size > max_size:
         # RFC 1870 §6.2.
         raise _error(552, "5.3.4", "Message size exceeds fixed maximum message size")
-    return ev.Mail(sender, parameters, size, body, smtputf8, auth)
+    return ev.Mail(sender, parameters, size, body, smtputf8, auth, ret, envid)
 
 
 def _rcpt(argument: str, extensions: frozenset[str], smtputf8: bool) -> ev.Rcpt:
     path_text, params_text = _split_path(argument, "TO")
     parameters = _parameters(params_text)
-    for key, _value in parameters:
-        if _RCPT_EXTENSION_PARAMETERS.get(key) not in extensions:
+    notify: frozenset[str] | None = None
+    orcpt: str | None = None
+    dsn = "DSN" in extensions
+    for key, value in parameters:
+        if key == "NOTIFY" and dsn:
+            notify = _dsn_value(parse_notify, key, value)
+        elif key == "ORCPT" and dsn:
+            orcpt = _dsn_value(parse_orcpt, key, value)
+        else:
             raise _error(555, "5.5.4", f"Unsupported RCPT parameter: {key}")
     try:
         recipient = parse_forward_path(path_text, utf8=smtputf8)
@@ -187,7 +198,7 @@ def _rcpt(argument: str, extensions: frozenset[str], smtputf8: bool) -> ev.Rcpt:
         if "SMTPUTF8" in extensions and _needs_smtputf8(path_text, parse_forward_path):
             raise _error(*_NEEDS_SMTPUTF8) from None
         raise _error(501, "5.1.3", f"Bad recipient address syntax: {path_text}") from None
-    return ev.Rcpt(recipient, parameters)
+    return ev.Rcpt(recipient, parameters, notify, orcpt)
 
 
 def _base64(text: bytes, what: str) -> bytes:

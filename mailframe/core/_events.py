@@ -10,7 +10,7 @@ from __future__ import annotations
 import attrs
 
 from mailframe.address import Mailbox, ReversePath
-from mailframe.envelope import BodyType
+from mailframe.envelope import BodyType, DSNOptions
 from mailframe.reply import Reply
 
 __all__ = [
@@ -84,6 +84,10 @@ class Mail(Command):
         §5): a mailbox, ``"<>"`` for an unknown submitter, or ``None`` when
         absent. It is the client's claim; it says nothing about who
         authenticated.
+    :ivar ret: the ``RET=`` parameter (RFC 3461 §4.3) upper-cased,
+        ``"FULL"`` or ``"HDRS"``, or ``None``.
+    :ivar envid: the ``ENVID=`` parameter (RFC 3461 §4.4) decoded from
+        xtext, or ``None``.
     """
 
     sender: ReversePath
@@ -92,12 +96,36 @@ class Mail(Command):
     body: BodyType = BodyType.SEVEN_BIT
     smtputf8: bool = False
     auth: str | None = None
+    ret: str | None = None
+    envid: str | None = None
 
 
 @attrs.frozen
 class Rcpt(Command):
+    """
+    RCPT TO.
+
+    :ivar parameters: every ESMTP parameter, upper-case keyword to value,
+        as sent.
+    :ivar notify: the ``NOTIFY=`` keywords (RFC 3461 §4.1), upper-cased:
+        ``{"NEVER"}`` or some of ``SUCCESS``, ``FAILURE`` and ``DELAY``;
+        ``None`` when absent.
+    :ivar orcpt: the ``ORCPT=`` parameter (RFC 3461 §4.2) with its address
+        decoded from xtext, such as ``"rfc822;bob@example.com"``, or
+        ``None``.
+    """
+
     recipient: Mailbox
     parameters: tuple[tuple[str, str | None], ...] = ()
+    notify: frozenset[str] | None = None
+    orcpt: str | None = None
+
+    @property
+    def dsn(self) -> DSNOptions | None:
+        """The DSN options of this recipient, or ``None`` when it gave none."""
+        if self.notify is None and self.orcpt is None:
+            return None
+        return DSNOptions(self.notify, self.orcpt)
 
 
 @attrs.frozen

@@ -11,6 +11,8 @@ __all__ = [
     "COMMAND_LINE",
     "DSN_MAIL_EXTRA",
     "DSN_RCPT_EXTRA",
+    "ENVID_LENGTH",
+    "ORCPT_LENGTH",
     "AUTH_MAIL_EXTRA",
     "SIZE_MAIL_EXTRA",
     "MIN_RECIPIENTS",
@@ -26,6 +28,12 @@ SIZE_MAIL_EXTRA = 26
 DSN_MAIL_EXTRA = 100
 #: RFC 3461 §4: NOTIFY and ORCPT add up to 500 octets to RCPT TO.
 DSN_RCPT_EXTRA = 500
+#: RFC 3461 §4.4: an ENVID value, as sent in xtext, is at most 100
+#: characters.
+ENVID_LENGTH = 100
+#: RFC 3461 §4.2: an ORCPT value (address type, ";" and xtext) is at most
+#: 500 characters.
+ORCPT_LENGTH = 500
 #: RFC 4954 §5: AUTH= adds up to 500 octets to MAIL FROM.
 AUTH_MAIL_EXTRA = 500
 #: RFC 5321 §4.5.3.1.8: a server must accept at least 100 recipients.

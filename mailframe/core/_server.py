@@ -30,6 +30,7 @@ from mailframe.core._limits import (
     Limits,
 )
 from mailframe.core._state import ALLOWED, CHUNK_STATES, TRANSITIONS, Outcome, State, outcome
+from mailframe.envelope import DSNOptions
 from mailframe.reply import Reply
 
 __all__ = ["ServerConnection", "Transaction"]
@@ -82,11 +83,17 @@ _POSITIVE_CODES: dict[type[ev.Command], frozenset[int]] = {
 
 @attrs.define
 class Transaction:
-    """The mail transaction in progress, as far as replies have accepted it."""
+    """
+    The mail transaction in progress, as far as replies have accepted it.
+
+    :ivar dsn: the accepted recipients that gave NOTIFY or ORCPT
+        (RFC 3461 §4.1, §4.2), with their options, in order.
+    """
 
     sender: ReversePath | None = None
     mail: ev.Mail | None = None
     recipients: list[Mailbox] = attrs.Factory(list)
+    dsn: list[tuple[Mailbox, DSNOptions]] = attrs.Factory(list)
 
 
 _TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
@@ -285,11 +292,16 @@ class ServerConnection:
     :param hostname: the name the server gives in its replies.
     :param limits: the session's limits.
     :param extensions: extra EHLO keywords to advertise (such as
-        ``"STARTTLS"``), beyond SIZE, 8BITMIME, PIPELINING and
-        ENHANCEDSTATUSCODES. ``STARTTLS``, ``AUTH`` and ``CHUNKING``
-        make the core serve STARTTLS, AUTH and BDAT.
+        ``"STARTTLS"``), beyond SIZE, 8BITMIME, PIPELINING,
+        ENHANCEDSTATUSCODES and DSN. ``STARTTLS``, ``AUTH`` and
+        ``CHUNKING`` make the core serve STARTTLS, AUTH and BDAT.
     :param tls: the connection is already encrypted (implicit TLS,
         RFC 8314 §3.3): STARTTLS is neither advertised nor served.
+    :param dsn: advertise DSN (RFC 3461), and take its parameters: RET
+        and ENVID on MAIL, NOTIFY and ORCPT on RCPT, checked and decoded
+        into :class:`~mailframe.core.Mail` and
+        :class:`~mailframe.core.Rcpt` (``501 5.5.4`` when malformed).
+        Without it they get ``555``.
 
     :ivar line_limit: the longest command line accepted, CRLF included:
         :attr:`Limits.command_line` plus what the advertised extensions add
@@ -309,8 +321,10 @@ class ServerConnection:
         extensions: tuple[str, ...] = (),
         *,
         tls: bool = False,
+        dsn: bool = True,
     ) -> None:
         self.hostname = hostname
+        self.dsn = dsn
         self.limits = limits
         self.state = State.CONNECTED
         self.esmtp = False
@@ -357,11 +371,14 @@ class ServerConnection:
         if self.tls:
             # RFC 3207 §4.2: STARTTLS is not advertised once TLS is up.
             extra = tuple(k for k in extra if k.split(" ")[0].upper() != "STARTTLS")
+        # DSN is the core's own to advertise, or not.
+        extra = tuple(k for k in extra if k.split(" ")[0].upper() != "DSN")
         return [
             "SIZE " + str(size) if size else "SIZE",
             "8BITMIME",
             "PIPELINING",
             "ENHANCEDSTATUSCODES",
+            *(["DSN"] if self.dsn else []),
             *extra,
         ]
 
@@ -756,6 +773,8 @@ class ServerConnection:
             self._message = None
         elif isinstance(command, ev.Rcpt) and accepted:
             self.transaction.recipients.append(command.recipient)
+            if command.dsn is not None:
+                self.transaction.dsn.append((command.recipient, command.dsn))
         elif isinstance(command, ev.Data) and result is Outcome.CONTINUE:
             self._reader = _DataReader(self.limits.max_message_size, self.limits.max_hops)
         elif isinstance(command, ev.EndOfMessage):

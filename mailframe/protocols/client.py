@@ -57,6 +57,13 @@ Rules applied before a transaction is sent, once the EHLO reply is known:
   SMTPUTF8 that is all ASCII goes to any server, without SMTPUTF8.
 - ``AUTH=`` (RFC 4954 §5) is given when the transaction carries it and the
   server offers AUTH; ``SIZE=`` when the server offers SIZE.
+- The DSN parameters (RFC 3461 §4) that the transaction carries, ``RET``
+  and ``ENVID`` on MAIL and ``NOTIFY`` and ``ORCPT`` on each RCPT, are
+  given when the server offers DSN, and left out otherwise (RFC 3461
+  §5.2.2). A recipient delivered to a server that offers DSN has the
+  :attr:`~mailframe.envelope.Handoff.PASSED_ON` handoff: that server
+  reports on it from now on. Delivered to one that does not, it is
+  :attr:`~mailframe.envelope.Handoff.RELAYED`.
 
 Timeouts are those of the core's :class:`~mailframe.core.ClientLimits`
 (RFC 5321 §4.5.3.2): 5 minutes for the greeting, MAIL and RCPT, 2 for the
@@ -68,7 +75,7 @@ from __future__ import annotations
 
 import binascii
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import IO, Any, Literal
 
 import attrs
@@ -80,8 +87,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailframe import core
-from mailframe.address import Mailbox, ReversePath
-from mailframe.envelope import BodyType, DeliveryStatus, RecipientResult
+from mailframe.address import Mailbox, ReversePath, encode_xtext
+from mailframe.envelope import BodyType, DeliveryStatus, DSNOptions, Handoff, RecipientResult
 from mailframe.errors import PermanentDeliveryError, TransientDeliveryError
 from mailframe.reply import Reply
 
@@ -182,6 +189,13 @@ def _recipients(value: Any) -> tuple[Mailbox, ...]:
     return tuple(value)
 
 
+def _dsn(value: Iterable[DSNOptions]) -> tuple[DSNOptions, ...]:
+    return tuple(value)
+
+
+_NO_DSN = DSNOptions()
+
+
 @attrs.frozen(eq=False)
 class Transaction:
     """
@@ -200,6 +214,12 @@ class Transaction:
         non-ASCII octets; see :func:`header_has_non_ascii`.
     :ivar auth: the ``AUTH=`` mailbox (RFC 4954 §5): a mailbox, ``"<>"``,
         or ``None`` for none.
+    :ivar ret: the ``RET=`` of the envelope (RFC 3461 §4.3), or ``None``.
+    :ivar envid: the ``ENVID=`` of the envelope (RFC 3461 §4.4), decoded,
+        or ``None``.
+    :ivar dsn: the :class:`~mailframe.envelope.DSNOptions` of each
+        recipient (``NOTIFY=`` and ``ORCPT=``, RFC 3461 §4.1, §4.2), in the
+        order of :attr:`recipients`; empty when none has any.
     """
 
     sender: ReversePath
@@ -211,10 +231,19 @@ class Transaction:
     smtputf8: bool = False
     utf8_headers: bool = False
     auth: str | None = None
+    ret: str | None = None
+    envid: str | None = None
+    dsn: tuple[DSNOptions, ...] = attrs.field(default=(), converter=_dsn)
 
     def __attrs_post_init__(self) -> None:
         if not self.recipients:
             raise ValueError("a transaction needs at least one recipient")
+        if self.dsn and len(self.dsn) != len(self.recipients):
+            raise ValueError("a transaction has DSN options for each recipient, or none")
+
+    def dsn_options(self, index: int) -> DSNOptions:
+        """The DSN options of the recipient at *index*."""
+        return self.dsn[index] if self.dsn else _NO_DSN
 
     @property
     def utf8_header_section(self) -> bool:
@@ -298,15 +327,10 @@ def _transient(reply: Reply, context: str) -> Reply:
 def xtext(text: str) -> str:
     """
     *text* in xtext (RFC 3461 §4): ``+``, ``=``, controls, space and
-    non-ASCII octets as ``+XX``, for ``AUTH=`` (RFC 4954 §5).
+    non-ASCII octets as ``+XX``, for ``AUTH=`` (RFC 4954 §5). The same as
+    :func:`mailframe.address.encode_xtext`.
     """
-    out = []
-    for octet in text.encode("utf-8"):
-        if 0x21 <= octet <= 0x7E and octet not in (0x2B, 0x3D):
-            out.append(chr(octet))
-        else:
-            out.append(f"+{octet:02X}")
-    return "".join(out)
+    return encode_xtext(text)
 
 
 #: The most octets scanned for the end of the header section. A header
@@ -889,7 +913,13 @@ class SMTPClientProtocol(Protocol):
 
     def _result(self, recipient: Mailbox, reply: Reply,
                 status: DeliveryStatus | None = None) -> RecipientResult:
-        return RecipientResult(recipient, status or status_of(reply), reply, remote=self.host)
+        status = status or status_of(reply)
+        if status is DeliveryStatus.DELIVERED:
+            # RFC 3461 §5.2.2: a server that offers DSN was given the
+            # parameters, and reports from now on.
+            handoff = Handoff.PASSED_ON if self.conn.dsn else Handoff.RELAYED
+            return RecipientResult(recipient, status, reply, remote=self.host, handoff=handoff)
+        return RecipientResult(recipient, status, reply, remote=self.host)
 
     def _local_refusals(self, t: Transaction) -> list[Reply | None]:
         """The rules applied before a transaction is sent (see the module)."""
@@ -941,7 +971,15 @@ class SMTPClientProtocol(Protocol):
             parameters.append(("SMTPUTF8", None))
         if t.auth is not None and "AUTH" in conn.extensions:
             parameters.append(("AUTH", "<>" if t.auth == "<>" else xtext(t.auth)))
+        if conn.dsn:
+            parameters.extend(core.dsn_mail_parameters(t.ret, t.envid))
         return core.ClientMail(t.sender, parameters)
+
+    def _rcpt(self, t: Transaction, index: int) -> core.ClientRcpt:
+        recipient = t.recipients[index]
+        if not self.conn.dsn:
+            return core.ClientRcpt(recipient)
+        return core.ClientRcpt(recipient, core.dsn_rcpt_parameters(t.dsn_options(index)))
 
     async def _transaction(self, t: Transaction) -> list[RecipientResult]:
         outcome = self._local_refusals(t)
@@ -962,7 +1000,7 @@ class SMTPClientProtocol(Protocol):
             self._needs_rset = True
             recipients = [t.recipients[i] for i in todo]
             mail = self._mail(t, recipients)
-            rcpts = [core.ClientRcpt(r) for r in recipients]
+            rcpts = [self._rcpt(t, i) for i in todo]
             group: list[core.ClientCommand] = [mail, *rcpts]
             if not bdat:
                 group.append(core.ClientData())

@@ -131,6 +131,9 @@ class ServerSettings:
         :class:`~twisted.cred.credentials.IUsernamePassword` that AUTH uses.
     :ivar smtputf8: advertise SMTPUTF8 (RFC 6531).
     :ivar chunking: advertise CHUNKING, and accept BDAT (RFC 3030).
+    :ivar dsn: advertise DSN, and keep its parameters in the envelope
+        (RFC 3461): RET and ENVID of MAIL, NOTIFY and ORCPT of each RCPT.
+        Without it they get ``555``.
     """
 
     hostname: str
@@ -150,6 +153,7 @@ class ServerSettings:
     checker: Any = None
     smtputf8: bool = True
     chunking: bool = True
+    dsn: bool = True
 
 
 class _Throttle:
@@ -217,7 +221,8 @@ class SMTPServerProtocol(Protocol):
         self.client = ClientInfo()
         # Made again in connectionMade, once the transport tells whether the
         # session is in TLS from the start.
-        self.conn = core.ServerConnection(factory.settings.hostname, factory.settings.limits)
+        self.conn = core.ServerConnection(factory.settings.hostname, factory.settings.limits,
+                                          dsn=factory.settings.dsn)
         self._writer: IQueueWriter | None = None
         self._waiting = False
         self._running = False
@@ -237,7 +242,8 @@ class SMTPServerProtocol(Protocol):
         self.client = _client_info(self.transport.getPeer(), settings.name)
         # An ssl: endpoint (RFC 8314) gives a transport that is TLS already.
         implicit = interfaces.ISSLTransport.providedBy(self.transport)
-        self.conn = core.ServerConnection(settings.hostname, settings.limits, tls=implicit)
+        self.conn = core.ServerConnection(settings.hostname, settings.limits, tls=implicit,
+                                          dsn=settings.dsn)
         self.conn.set_extensions(self._extensions())
         self._throttle = _Throttle(self.transport)  # type: ignore[arg-type]
         self._arm_timer()
@@ -612,6 +618,9 @@ class SMTPServerProtocol(Protocol):
             client=self.client,
             received_at=self.factory.clock.seconds(),
             auth=self._auth_parameter(mail),
+            ret=mail.ret,
+            envid=mail.envid,
+            dsn=tuple(transaction.dsn),
         )
         if problem is not None:
             self._abort_writer()
@@ -641,13 +650,14 @@ class SMTPServerProtocol(Protocol):
         if verdict.headers:
             envelope = attrs.evolve(envelope, added_headers=verdict.headers)
         self._committing = True
-        committed: Deferred[Any] = writer.commit(envelope)
+        # A held message goes straight into hold: no runner can claim it
+        # between its commit and its hold.
+        hold = None
         if verdict.action is Action.HOLD:
-            store = self.factory.store
-            committed.addCallback(
-                lambda qid: store.hold(qid, verdict.reason or "held by policy")
-                .addCallback(lambda _: qid)
-            )
+            hold = verdict.reason or "held by policy"
+        committed: Deferred[Any] = (
+            writer.commit(envelope) if hold is None else writer.commit(envelope, hold=hold)
+        )
 
         def queued(qid: str) -> Reply:
             reply = Reply(250, "2.0.0", f"Ok: queued as {qid}")

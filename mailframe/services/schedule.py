@@ -1,6 +1,7 @@
 """
 The retry schedule, defined once: a list of intervals whose last one
-repeats, each with ±10 % jitter.
+repeats, each with ±10 % jitter; and how long a message may stay queued
+before it expires, and how long before its sender is warned of the delay.
 """
 
 from __future__ import annotations
@@ -10,7 +11,13 @@ from collections.abc import Sequence
 
 import attrs
 
-__all__ = ["DEFAULT_SCHEDULE", "RetrySchedule", "parse_duration"]
+__all__ = [
+    "DEFAULT_DELAY_WARNING",
+    "DEFAULT_MAX_LIFETIME",
+    "DEFAULT_SCHEDULE",
+    "RetrySchedule",
+    "parse_duration",
+]
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -63,7 +70,29 @@ class RetrySchedule:
         base = self.intervals[min(max(attempts, 1), len(self.intervals)) - 1]
         return base * (1 + random.uniform(-self.jitter, self.jitter))
 
+    def next_attempt(
+        self, now: float, attempts: int, random: _random.Random, deadline: float | None = None
+    ) -> float:
+        """
+        When to try again at *now* after *attempts* attempts: after
+        :meth:`delay`, but no later than *deadline* (when the message
+        expires), so that a message expires on time rather than up to one
+        interval late.
+        """
+        when = now + self.delay(attempts, random)
+        return when if deadline is None else max(now, min(when, deadline))
+
 
 #: Close to Postfix's practice (RFC 5321 §4.5.4.1 asks for 30 minutes; the
 #: short first steps deliver sooner after brief outages).
 DEFAULT_SCHEDULE = RetrySchedule((300, 600, 1200, 2400, 4020))
+
+#: Seconds a message may wait in the queue before its pending recipients
+#: fail: five days. RFC 5321 §4.5.4.1 says the give-up time generally
+#: needs to be at least 4-5 days; Postfix's ``maximal_queue_lifetime`` is 5d.
+DEFAULT_MAX_LIFETIME = 5 * 86400.0
+
+#: Seconds a message waits before its sender gets one "delayed" notification
+#: (RFC 3464 §2.3.3): four hours, Sendmail's ``Timeout.queuewarn``. Zero
+#: turns the warning off.
+DEFAULT_DELAY_WARNING = 4 * 3600.0

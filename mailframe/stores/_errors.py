@@ -4,7 +4,9 @@ How queue store operations fail.
 
 from __future__ import annotations
 
-__all__ = ["EntryStateError", "LeaseLost", "NoSuchEntry"]
+from mailframe.envelope import QueueEntry
+
+__all__ = ["EntryStateError", "LeaseLost", "NoSuchEntry", "check_recipients"]
 
 
 class NoSuchEntry(KeyError):
@@ -20,3 +22,15 @@ class LeaseLost(Exception):
 
 class EntryStateError(ValueError):
     """The entry's state does not allow this, such as releasing an entry not on hold."""
+
+
+def check_recipients(stored: QueueEntry, given: QueueEntry) -> None:
+    """
+    Refuse a record whose recipients are not those of the stored entry.
+
+    :raises ValueError: if they differ, in number, order or address.
+    """
+    if tuple(r.mailbox for r in given.recipients) != tuple(
+        r.mailbox for r in stored.recipients
+    ):
+        raise ValueError(f"the recipients recorded are not those of {stored.queue_id}")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-__all__ = ["QUEUE_ID_LENGTH", "RandomSource", "new_queue_id"]
+__all__ = ["QUEUE_ID_LENGTH", "RandomSource", "new_queue_id", "queue_id_time"]
 
 # Crockford's base32: digits and upper-case letters without I, L, O and U.
 # Its characters sort in the same order as the values they encode, so ids
@@ -46,3 +46,19 @@ def new_queue_id(random: RandomSource, now: float) -> str:
         value, digit = divmod(value, 32)
         chars.append(_ALPHABET[digit])
     return "".join(reversed(chars))
+
+
+def queue_id_time(queue_id: str) -> float | None:
+    """
+    The POSIX time at which :func:`new_queue_id` made *queue_id*, to the
+    millisecond, or ``None`` if it is not such an id.
+    """
+    if len(queue_id) != QUEUE_ID_LENGTH:
+        return None
+    millis = 0
+    for char in queue_id[:_TIME_CHARS]:
+        digit = _ALPHABET.find(char)
+        if digit < 0:
+            return None
+        millis = millis * 32 + digit
+    return millis / 1000

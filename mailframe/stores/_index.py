@@ -1,80 +1,57 @@
 """
-The in-memory index of queue entries and the rules of their lifecycle,
-shared by the memory store and the spool (which also writes each change to
-disk).
+The scheduling index of a queue store: for each entry, its state, when it
+is next due and the lease on it, and the order in which claims take them.
+Both stores use it: the memory store beside its entries, the spool as its
+picture of what the directories hold.
 
-The lifecycle (:class:`~mailframe.envelope.EntryState`):
-
-- a committed entry is ``active`` and due at once;
-- :meth:`QueueIndex.claim` leases due ``active`` and ``deferred`` entries,
-  making them ``active``; a leased entry is not claimed again until its
-  lease runs out;
-- :meth:`QueueIndex.record` marks recipients delivered or failed; the store
-  removes an entry that has none pending;
-- :meth:`QueueIndex.reschedule` makes an entry ``deferred`` until a time,
-  and ends its lease;
-- ``hold`` and ``quarantine`` take an entry out of delivery; ``release`` and
-  ``requeue`` make it ``active`` and due now.
-
-Only :meth:`~QueueIndex.claim` takes a lease, and only
-:meth:`~QueueIndex.reschedule` and removal end one early: an operator who
-holds or requeues an entry under delivery does not make a second runner
-deliver it at the same time.
+Claims take entries as Postfix's queue manager does: new mail from
+``incoming`` (first in, first out) and due mail from ``deferred`` (the
+longest due first) in turn, so that a large deferred backlog never starves
+new mail, nor new mail the backlog. An ``active`` entry whose lease ran out
+is due again, as if deferred.
 """
 
 from __future__ import annotations
 
-import bisect
+import collections
 import heapq
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Iterator
 
 import attrs
 
-from mailframe.address import Mailbox
-from mailframe.envelope import (
-    DeliveryStatus,
-    EntryState,
-    QueueEntry,
-    QueueStats,
-    RecipientResult,
-    RecipientState,
-)
-from mailframe.stores._errors import EntryStateError, LeaseLost, NoSuchEntry
+from mailframe.envelope import EntryState
+from mailframe.stores._errors import LeaseLost, NoSuchEntry
 
 __all__ = ["QueueIndex"]
 
-#: What one result does to its recipient.
-_OUTCOME = {
-    DeliveryStatus.DELIVERED: RecipientState.DELIVERED,
-    DeliveryStatus.PERMANENT: RecipientState.FAILED,
-    DeliveryStatus.TRANSIENT: RecipientState.PENDING,
-}
-#: When a router expanded one recipient into several, a transient failure
-#: of any keeps it pending, then a permanent one fails it.
-_PRECEDENCE = {RecipientState.DELIVERED: 0, RecipientState.FAILED: 1, RecipientState.PENDING: 2}
+_CLAIMABLE = (EntryState.INCOMING, EntryState.DEFERRED, EntryState.ACTIVE)
+#: Due times closer than this are the same: a time that went into a file's
+#: modification time comes back rounded.
+_SAME_TIME = 0.001
 
 
 @attrs.define
 class _Slot:
-    entry: QueueEntry
+    state: EntryState
+    next_attempt: float
     lease_until: float | None = None
-    # Whether record() counted an attempt since the last claim, so that
-    # recording the results of several routes counts one attempt.
-    counted: bool = False
 
 
 class QueueIndex:
-    """Every entry of one store, by queue id, with the leases on them."""
+    """The state, due time and lease of every entry of one store, by queue id."""
 
     def __init__(self) -> None:
         self._slots: dict[str, _Slot] = {}
-        self._ids: list[str] = []
+        self._incoming: collections.deque[str] = collections.deque()
         # (time, queue id) for every time an entry may become claimable: its
         # next attempt, or the end of its lease. Items go stale when an
-        # entry changes; claim() checks each against the entry and skips
+        # entry changes; claim() checks each against its slot and skips
         # stale ones, so a claim looks only at what is due, not at the
         # whole queue.
         self._due: list[tuple[float, str]] = []
+        # Where the next claim looks first: it goes on from where the last
+        # one stopped, so that claims of one entry at a time alternate too.
+        self._incoming_first = True
 
     def __len__(self) -> int:
         return len(self._slots)
@@ -82,54 +59,78 @@ class QueueIndex:
     def __contains__(self, queue_id: object) -> bool:
         return queue_id in self._slots
 
-    def add(self, entry: QueueEntry) -> None:
-        """Add a new entry."""
-        if entry.queue_id in self._slots:
-            raise ValueError(f"duplicate queue id {entry.queue_id}")
-        self._slots[entry.queue_id] = _Slot(entry)
-        bisect.insort(self._ids, entry.queue_id)
-        heapq.heappush(self._due, (entry.next_attempt, entry.queue_id))
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._slots)
 
-    def get(self, queue_id: str) -> QueueEntry | None:
-        slot = self._slots.get(queue_id)
-        return None if slot is None else slot.entry
+    def add(self, queue_id: str, state: EntryState, next_attempt: float) -> None:
+        """Add an entry."""
+        if queue_id in self._slots:
+            raise ValueError(f"duplicate queue id {queue_id}")
+        self._slots[queue_id] = _Slot(state, next_attempt)
+        self._schedule(queue_id, state, next_attempt)
 
-    def require(self, queue_id: str) -> QueueEntry:
-        """The entry, or raise :class:`NoSuchEntry`."""
-        return self._slot(queue_id).entry
+    def load(self, entries: Iterable[tuple[str, EntryState, float]]) -> None:
+        """Add many entries at once, as a store's recovery finds them."""
+        for queue_id, state, next_attempt in entries:
+            if queue_id in self._slots:
+                raise ValueError(f"duplicate queue id {queue_id}")
+            self._slots[queue_id] = _Slot(state, next_attempt)
+            if state is EntryState.INCOMING:
+                self._incoming.append(queue_id)
+            elif state in _CLAIMABLE:
+                self._due.append((next_attempt, queue_id))
+        heapq.heapify(self._due)
 
-    def remove(self, queue_id: str) -> QueueEntry:
-        """Remove an entry and return it."""
-        slot = self._slots.pop(queue_id, None)
-        if slot is None:
+    def state(self, queue_id: str) -> EntryState:
+        """The entry's state, or raise :class:`NoSuchEntry`."""
+        return self._slot(queue_id).state
+
+    def next_attempt(self, queue_id: str) -> float:
+        return self._slot(queue_id).next_attempt
+
+    def set(self, queue_id: str, state: EntryState, next_attempt: float | None = None) -> None:
+        """Move an entry to *state*, due at *next_attempt* if given; ends its lease."""
+        slot = self._slot(queue_id)
+        slot.state = state
+        slot.lease_until = None
+        if next_attempt is not None:
+            slot.next_attempt = next_attempt
+        self._schedule(queue_id, state, slot.next_attempt)
+
+    def remove(self, queue_id: str) -> None:
+        if self._slots.pop(queue_id, None) is None:
             raise NoSuchEntry(queue_id)
-        del self._ids[bisect.bisect_left(self._ids, queue_id)]
-        return slot.entry
 
-    def claim(self, now: float, limit: int, lease: float) -> list[QueueEntry]:
+    def claim(self, now: float, limit: int, lease: float) -> list[tuple[str, EntryState]]:
         """
-        Lease up to *limit* due entries, the longest due first. The cost is
-        in the number of due entries looked at, whatever the queue's size.
+        Lease up to *limit* entries, from ``incoming`` and from the due ones
+        in turn, and make them ``active``. The turns go on from one claim
+        to the next, so that claims of one entry each alternate too. The
+        cost is in the number of entries looked at, whatever the queue's
+        size.
+
+        :return: the ids taken, each with the state it was in.
         """
-        taken: list[QueueEntry] = []
-        due = self._due
-        while due and len(taken) < limit and due[0][0] <= now:
-            _, queue_id = heapq.heappop(due)
-            slot = self._slots.get(queue_id)
-            if slot is None:
-                continue
-            entry = slot.entry
-            if (
-                entry.state not in (EntryState.ACTIVE, EntryState.DEFERRED)
-                or entry.next_attempt > now
-                or (slot.lease_until is not None and slot.lease_until > now)
-            ):
-                continue
-            slot.entry = attrs.evolve(entry, state=EntryState.ACTIVE)
+        taken: list[tuple[str, EntryState]] = []
+        while len(taken) < limit:
+            if self._incoming_first:
+                queue_id = self._next_incoming()
+                from_incoming = queue_id is not None
+                if queue_id is None:
+                    queue_id = self._next_due(now)
+            else:
+                queue_id = self._next_due(now)
+                from_incoming = queue_id is None
+                if queue_id is None:
+                    queue_id = self._next_incoming()
+            if queue_id is None:
+                break
+            self._incoming_first = not from_incoming
+            slot = self._slots[queue_id]
+            taken.append((queue_id, slot.state))
+            slot.state = EntryState.ACTIVE
             slot.lease_until = now + lease
-            slot.counted = False
-            heapq.heappush(due, (slot.lease_until, queue_id))
-            taken.append(slot.entry)
+            heapq.heappush(self._due, (slot.lease_until, queue_id))
         return taken
 
     def renew(self, queue_id: str, now: float, lease: float) -> None:
@@ -141,110 +142,80 @@ class QueueIndex:
         slot = self._slot(queue_id)
         if slot.lease_until is None or slot.lease_until <= now:
             raise LeaseLost(queue_id)
-        slot.lease_until = max(slot.lease_until, now + lease)
+        if now + lease > slot.lease_until:
+            slot.lease_until = now + lease
+            # The entry comes due when the new lease ends: the item of the
+            # old one is skipped when it comes up.
+            heapq.heappush(self._due, (slot.lease_until, queue_id))
 
-    def record(self, queue_id: str, results: Iterable[RecipientResult]) -> QueueEntry:
+    def leased(self, queue_id: str, now: float) -> bool:
+        """Whether a runner holds a lease on the entry at *now*."""
+        slot = self._slots.get(queue_id)
+        return slot is not None and slot.lease_until is not None and slot.lease_until > now
+
+    def recover(self, now: float) -> list[str]:
         """
-        Apply the results of an attempt. A result counts for its
-        ``original`` recipient when it has one. Recipients already delivered
-        or failed keep their state. The first record after a claim counts an
-        attempt.
-
-        :raises ValueError: if a result names no recipient of the entry;
-            nothing is changed then.
+        After a restart no lease is held: active entries, which may have
+        been under delivery, become deferred and due now. Returns their ids.
         """
-        slot = self._slot(queue_id)
-        entry = slot.entry
-        known = {mailbox for mailbox, _ in entry.recipients}
-        outcome: dict[Mailbox, RecipientState] = {}
-        for result in results:
-            target = result.original if result.original is not None else result.recipient
-            if target not in known:
-                raise ValueError(f"{target} is not a recipient of {queue_id}")
-            state = _OUTCOME[result.status]
-            previous = outcome.get(target, RecipientState.DELIVERED)
-            outcome[target] = max(previous, state, key=_PRECEDENCE.__getitem__)
-        recipients = tuple(
-            (mailbox, outcome.get(mailbox, state) if state is RecipientState.PENDING else state)
-            for mailbox, state in entry.recipients
-        )
-        attempts = entry.attempts if slot.counted else entry.attempts + 1
-        slot.counted = True
-        slot.entry = attrs.evolve(entry, recipients=recipients, attempts=attempts)
-        return slot.entry
-
-    def reschedule(self, queue_id: str, when: float, reason: str) -> QueueEntry:
-        """
-        End the lease and defer the entry until *when*. An entry put on hold
-        or quarantined meanwhile stays there.
-        """
-        slot = self._slot(queue_id)
-        slot.lease_until = None
-        if slot.entry.state in (EntryState.HOLD, EntryState.QUARANTINE):
-            return self._set(slot, next_attempt=when)
-        return self._set(slot, state=EntryState.DEFERRED, next_attempt=when, reason=reason)
-
-    def hold(self, queue_id: str, reason: str) -> QueueEntry:
-        slot = self._slot(queue_id)
-        self._refuse_quarantined(slot, "held")
-        return self._set(slot, state=EntryState.HOLD, reason=reason)
-
-    def release(self, queue_id: str, now: float) -> QueueEntry:
-        slot = self._slot(queue_id)
-        if slot.entry.state is not EntryState.HOLD:
-            raise EntryStateError(f"{queue_id} is {slot.entry.state.value}, not on hold")
-        return self._set(slot, state=EntryState.ACTIVE, next_attempt=now)
-
-    def requeue(self, queue_id: str, now: float) -> QueueEntry:
-        slot = self._slot(queue_id)
-        self._refuse_quarantined(slot, "requeued")
-        return self._set(slot, state=EntryState.ACTIVE, next_attempt=now)
-
-    def flush(self, now: float) -> list[QueueEntry]:
-        """Make every deferred entry due now; return the changed entries."""
-        changed = []
-        for slot in self._slots.values():
-            if slot.entry.state is EntryState.DEFERRED:
-                when = min(slot.entry.next_attempt, now)
-                changed.append(self._set(slot, state=EntryState.ACTIVE, next_attempt=when))
-        return changed
-
-    def quarantine(self, queue_id: str, reason: str) -> QueueEntry:
-        slot = self._slot(queue_id)
-        return self._set(slot, state=EntryState.QUARANTINE, reason=reason)
-
-    def recover(self, now: float) -> None:
-        """
-        After a restart, no lease is held: active entries, which may have
-        been under delivery, become deferred and due now.
-        """
-        for slot in self._slots.values():
+        recovered = []
+        for queue_id, slot in self._slots.items():
             slot.lease_until = None
-            if slot.entry.state is EntryState.ACTIVE:
-                when = min(slot.entry.next_attempt, now)
-                self._set(slot, state=EntryState.DEFERRED, next_attempt=when)
+            if slot.state is EntryState.ACTIVE:
+                slot.state = EntryState.DEFERRED
+                slot.next_attempt = min(slot.next_attempt, now)
+                heapq.heappush(self._due, (slot.next_attempt, queue_id))
+                recovered.append(queue_id)
+        return recovered
 
-    def page(self, state: EntryState | None, after: str | None, limit: int) -> list[QueueEntry]:
-        """Up to *limit* entries in queue-id order, with ids above *after*."""
-        start = 0 if after is None else bisect.bisect_right(self._ids, after)
-        found: list[QueueEntry] = []
-        for queue_id in self._ids[start:]:
-            if len(found) >= limit:
-                break
-            entry = self._slots[queue_id].entry
-            if state is None or entry.state is state:
-                found.append(entry)
-        return found
+    def resync(
+        self,
+        found: Iterable[tuple[str, EntryState, float]],
+        now: float,
+        keep: Container[str] = frozenset(),
+    ) -> None:
+        """
+        Make the index what *found* says, as a store sees it after another
+        process changed it. Entries leased at *now* stay as they are, since
+        whoever delivers them will find out, and so do those in *keep*: the
+        store is changing them itself, and *found* may be older than that.
 
-    def stats(self, incoming: int = 0) -> QueueStats:
+        Only the due time of a deferred entry is compared, and an entry
+        found ``active`` that no lease here covers is due at once, as if
+        its lease had just run out.
+        """
+        seen = set()
+        for queue_id, state, next_attempt in found:
+            seen.add(queue_id)
+            if queue_id in keep or self.leased(queue_id, now):
+                continue
+            slot = self._slots.get(queue_id)
+            if state is EntryState.ACTIVE:
+                if slot is not None and slot.state is state and slot.lease_until is not None:
+                    continue  # its lease ran out, and it is due already
+                if slot is None:
+                    slot = self._slots[queue_id] = _Slot(state, next_attempt)
+                slot.state, slot.lease_until = state, now
+                heapq.heappush(self._due, (now, queue_id))
+            elif slot is None:
+                self.add(queue_id, state, next_attempt)
+            elif slot.state is not state or (
+                state is EntryState.DEFERRED and abs(slot.next_attempt - next_attempt) > _SAME_TIME
+            ):
+                self.set(queue_id, state, next_attempt)
+        for queue_id in [q for q in self._slots if q not in seen and q not in keep]:
+            if not self.leased(queue_id, now):
+                del self._slots[queue_id]
+
+    def deferred(self) -> list[str]:
+        """The ids of the deferred entries."""
+        return [q for q, slot in self._slots.items() if slot.state is EntryState.DEFERRED]
+
+    def counts(self) -> dict[EntryState, int]:
         counts = dict.fromkeys(EntryState, 0)
-        counts[EntryState.INCOMING] = incoming
         for slot in self._slots.values():
-            counts[slot.entry.state] += 1
-        return QueueStats(tuple(counts.items()))
-
-    def entries(self) -> Sequence[QueueEntry]:
-        return [self._slots[queue_id].entry for queue_id in self._ids]
+            counts[slot.state] += 1
+        return counts
 
     def _slot(self, queue_id: str) -> _Slot:
         slot = self._slots.get(queue_id)
@@ -252,25 +223,33 @@ class QueueIndex:
             raise NoSuchEntry(queue_id)
         return slot
 
-    def _refuse_quarantined(self, slot: _Slot, verb: str) -> None:
-        if slot.entry.state is EntryState.QUARANTINE:
-            raise EntryStateError(f"{slot.entry.queue_id} is quarantined and cannot be {verb}")
+    def _schedule(self, queue_id: str, state: EntryState, next_attempt: float) -> None:
+        if state is EntryState.INCOMING:
+            self._incoming.append(queue_id)
+        elif state in _CLAIMABLE:
+            heapq.heappush(self._due, (next_attempt, queue_id))
 
-    def _set(
-        self,
-        slot: _Slot,
-        *,
-        state: EntryState | None = None,
-        next_attempt: float | None = None,
-        reason: str | None = None,
-    ) -> QueueEntry:
-        entry = slot.entry
-        slot.entry = attrs.evolve(
-            entry,
-            state=entry.state if state is None else state,
-            next_attempt=entry.next_attempt if next_attempt is None else next_attempt,
-            reason=entry.reason if reason is None else reason,
-        )
-        if slot.entry.state in (EntryState.ACTIVE, EntryState.DEFERRED):
-            heapq.heappush(self._due, (slot.entry.next_attempt, entry.queue_id))
-        return slot.entry
+    def _next_incoming(self) -> str | None:
+        while self._incoming:
+            queue_id = self._incoming.popleft()
+            slot = self._slots.get(queue_id)
+            if slot is not None and slot.state is EntryState.INCOMING:
+                return queue_id
+        return None
+
+    def _next_due(self, now: float) -> str | None:
+        due = self._due
+        while due and due[0][0] <= now:
+            _, queue_id = heapq.heappop(due)
+            slot = self._slots.get(queue_id)
+            if slot is None:
+                continue
+            if slot.state is EntryState.DEFERRED and slot.next_attempt <= now:
+                return queue_id
+            if (
+                slot.state is EntryState.ACTIVE
+                and slot.lease_until is not None
+                and slot.lease_until <= now
+            ):
+                return queue_id
+        return None

@@ -16,13 +16,17 @@ from typing import Any, TypeVar
 
 from mailframe.address import NULL_PATH, AddressError, Mailbox, ReversePath
 from mailframe.envelope import (
+    NOTIFY_KEYWORDS,
     BodyType,
     ClientInfo,
+    DSNOptions,
     EntryState,
     Envelope,
+    QueuedRecipient,
     QueueEntry,
     RecipientState,
 )
+from mailframe.reply import Reply, ReplyError
 
 __all__ = [
     "FORMAT_VERSION",
@@ -34,7 +38,7 @@ __all__ = [
 ]
 
 #: The version written in every entry; readers refuse newer ones.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 _T = TypeVar("_T")
 
@@ -65,6 +69,16 @@ def envelope_to_dict(envelope: Envelope) -> dict[str, Any]:
         "received_at": envelope.received_at,
         "added_headers": list(envelope.added_headers),
         "auth": envelope.auth,
+        "ret": envelope.ret,
+        "envid": envelope.envid,
+        "dsn": [
+            {
+                "recipient": mailbox.render(),
+                "notify": None if options.notify is None else sorted(options.notify),
+                "orcpt": options.orcpt,
+            }
+            for mailbox, options in envelope.dsn
+        ],
     }
 
 
@@ -100,6 +114,9 @@ def envelope_from_dict(data: object) -> Envelope:
             received_at=_time(fields, "received_at"),
             added_headers=tuple(_list(fields, "added_headers", str)),
             auth=_optional(fields, "auth"),
+            ret=_ret(_optional(fields, "ret")),
+            envid=_optional(fields, "envid"),
+            dsn=tuple(_dsn(item) for item in _list(fields, "dsn", dict)),
         )
     except (TypeError, ValueError) as e:
         if isinstance(e, CorruptEntryError):
@@ -118,11 +135,12 @@ def entry_to_json(entry: QueueEntry) -> bytes:
         "queue_id": entry.queue_id,
         "envelope": envelope_to_dict(entry.envelope),
         "state": entry.state.value,
-        "recipients": [[r.render(), state.value] for r, state in entry.recipients],
+        "recipients": [_recipient_to_dict(r) for r in entry.recipients],
         "attempts": entry.attempts,
         "next_attempt": entry.next_attempt,
         "reason": entry.reason,
         "size": entry.size,
+        "warned": entry.warned,
     }
     # ASCII output escapes any lone surrogate (as a HELO name decoded with
     # surrogateescape may hold), which UTF-8 could not encode.
@@ -140,7 +158,8 @@ def entry_from_json(data: bytes, queue_id: str | None = None) -> QueueEntry:
     """
     try:
         document = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        # RecursionError: arrays or objects nested too deep to decode.
         raise CorruptEntryError(f"not JSON: {e}") from e
     fields = _mapping(document, "entry")
     version = fields.get("format")
@@ -149,11 +168,7 @@ def entry_from_json(data: bytes, queue_id: str | None = None) -> QueueEntry:
     found_id = _get(fields, "queue_id", str)
     if queue_id is not None and found_id != queue_id:
         raise CorruptEntryError(f"entry {found_id!r} found under the id {queue_id!r}")
-    recipients = []
-    for pair in _list(fields, "recipients", list):
-        if len(pair) != 2 or not all(isinstance(p, str) for p in pair):
-            raise CorruptEntryError(f"bad recipient state {pair!r}")
-        recipients.append((_mailbox(pair[0]), _enum(RecipientState, pair[1])))
+    recipients = [_recipient_from_dict(r) for r in _list(fields, "recipients", dict)]
     attempts = _get(fields, "attempts", int)
     size = _get(fields, "size", int)
     if attempts < 0 or size < 0:
@@ -167,7 +182,61 @@ def entry_from_json(data: bytes, queue_id: str | None = None) -> QueueEntry:
         next_attempt=_time(fields, "next_attempt"),
         reason=_get(fields, "reason", str),
         size=size,
+        warned=_get(fields, "warned", bool),
     )
+
+
+def _recipient_to_dict(recipient: QueuedRecipient) -> dict[str, Any]:
+    reply = recipient.reply
+    return {
+        "mailbox": recipient.mailbox.render(),
+        "state": recipient.state.value,
+        "attempts": recipient.attempts,
+        "reply": None if reply is None else reply.render().decode("utf-8", "surrogateescape"),
+        "remote": recipient.remote,
+        "next_attempt": recipient.next_attempt,
+        "report": recipient.report,
+    }
+
+
+_REPORTS = frozenset({"failed", "delivered", "relayed"})
+
+
+def _recipient_from_dict(fields: Mapping[str, Any]) -> QueuedRecipient:
+    attempts = _get(fields, "attempts", int)
+    report = _optional(fields, "report")
+    if attempts < 0 or (report is not None and report not in _REPORTS):
+        raise CorruptEntryError(f"bad recipient {fields!r}")
+    text = _optional(fields, "reply")
+    try:
+        reply = None if text is None else Reply.parse(text.encode("utf-8", "surrogateescape"))
+    except ReplyError as e:
+        raise CorruptEntryError(f"bad reply {text!r}: {e}") from e
+    return QueuedRecipient(
+        mailbox=_mailbox(_get(fields, "mailbox", str)),
+        state=_enum(RecipientState, _get(fields, "state", str)),
+        attempts=attempts,
+        reply=reply,
+        remote=_optional(fields, "remote"),
+        next_attempt=_time(fields, "next_attempt"),
+        report=report,
+    )
+
+
+def _ret(value: str | None) -> str | None:
+    if value not in (None, "FULL", "HDRS"):
+        raise CorruptEntryError(f"bad RET {value!r}")
+    return value
+
+
+def _dsn(fields: Mapping[str, Any]) -> tuple[Mailbox, DSNOptions]:
+    notify = fields.get("notify")
+    if notify is not None:
+        words = _list(fields, "notify", str)
+        if not words or not set(words) <= NOTIFY_KEYWORDS:
+            raise CorruptEntryError(f"bad NOTIFY {words!r}")
+        notify = frozenset(words)
+    return _mailbox(_get(fields, "recipient", str)), DSNOptions(notify, _optional(fields, "orcpt"))
 
 
 def _mapping(value: object, what: str) -> Mapping[str, Any]:

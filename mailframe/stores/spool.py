@@ -1,47 +1,70 @@
 """
 The spool: the default queue store, durable in a directory.
 
-Layout under the spool's directory:
+Layout under the spool's directory, after Postfix's queue directories:
 
 ``tmp/``
-    messages being received, and envelope files being rewritten;
-``queue/``
-    ``<id>.msg``, the message exactly as it was written, followed by a
-    trailer that holds the entry as it was committed (its envelope, as
-    JSON, then the JSON's length and a magic number); and, once its
-    delivery state has changed, ``<id>.env``, the entry as it is now, which
-    then takes precedence over the trailer. An entry exists if and only if
-    its ``.msg`` file is here;
-``quarantine/``
-    entries set aside because they could not be read, or by an operator.
+    messages being received, and ``.env`` files being rewritten;
+``incoming/``, ``active/``, ``deferred/``, ``hold/``, ``corrupt/``
+    ``<id>.msg``, one file per entry: the message exactly as it was
+    written, followed by a trailer that holds the entry as it was committed
+    (its envelope as JSON, then the JSON's length and a magic number). The
+    directory that holds it *is* the entry's state
+    (:class:`~mailframe.envelope.EntryState`), and in ``deferred/`` its
+    modification time is its next attempt. A change of state is one
+    ``rename``, atomic for every process that looks;
+``env/``
+    ``<id>.env``, the entry's delivery state (each recipient's state,
+    attempts and last reply), once it has changed since the commit; it then
+    takes precedence over the trailer. Only the server writes it;
+``env/<id>.why``
+    why an entry is on hold or corrupt, when it was said;
+``trigger``
+    touched by the ``mailframe queue`` command after it changes something,
+    so that a running server looks again at once.
+
+So a directory scan tells every entry's state and next attempt: startup
+recovery reads no envelope, and an envelope is read when its entry is
+claimed, listed or shown.
 
 Durability: the server answers ``250`` only after the commit Deferred fires
 (see :class:`~mailframe.interfaces.IQueueWriter`), and a commit fires only
 after the message and its envelope were written into one file and
-``fsync``\\ ed, the file was renamed into ``queue/``, and ``queue/`` itself
-was ``fsync``\\ ed: before that, a crash could lose the new name. One file
-makes one ``fsync`` per message, and the message and its envelope appear
-together or not at all. Commits that finish while a directory ``fsync`` runs
-share the next one (group commit), so a busy server pays far fewer than one
-directory ``fsync`` per message. Every ``fsync``, and all file I/O larger
-than a ``stat``, runs in a thread pool and never on the reactor thread.
+``fsync``\\ ed, the file was renamed into ``incoming/`` (or ``hold/``), and
+that directory itself was ``fsync``\\ ed: before that, a crash could lose the
+new name. One file makes one ``fsync`` per message, and the message and its
+envelope appear together or not at all. Commits that finish while a
+directory ``fsync`` runs share the next one (group commit), so a busy server
+pays far fewer than one directory ``fsync`` per message. A new ``.env`` is
+durable before :meth:`~SpoolQueueStore.record` fires. Moves between
+``incoming/``, ``active/`` and ``deferred/`` are not ``fsync``\\ ed: a crash
+that undoes one leaves the entry in a state that recovery makes due again.
+Every ``fsync``, and all file I/O larger than a ``stat``, runs in a thread
+pool and never on the reactor thread.
 
-Leases live in memory: the spool serves one process. On start,
-:meth:`SpoolQueueStore.recover` throws away partial writes and makes the
-entries that may have been under delivery deferred and due at once, so a
-crash can deliver a message twice but never loses one.
+One server process owns delivery: leases live in its memory. On start,
+:meth:`SpoolQueueStore.recover` throws away partial writes and moves the
+entries of ``active/``, which may have been under delivery, to
+``deferred/``, due at once; so a crash can deliver a message twice but never
+loses one. The ``mailframe queue`` command uses the same class in another
+process without recovery: its operations read and rename files, and the
+server, which takes every entry it claims with a rename, never delivers an
+entry that the command moved away.
 """
 
 from __future__ import annotations
 
 import enum
+import errno
+import heapq
 import io
 import os
 import re
 import shutil
 import struct
 import threading
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterator
 from random import SystemRandom
 from typing import Any, BinaryIO, ParamSpec, Protocol, TypeVar, cast
 
@@ -61,12 +84,11 @@ from mailframe.envelope import (
     Envelope,
     QueueEntry,
     QueueStats,
-    RecipientResult,
     RecipientState,
 )
 from mailframe.interfaces import IQueueStore, IQueueWriter
-from mailframe.stores._errors import NoSuchEntry
-from mailframe.stores._ids import RandomSource, new_queue_id
+from mailframe.stores._errors import EntryStateError, NoSuchEntry, check_recipients
+from mailframe.stores._ids import RandomSource, new_queue_id, queue_id_time
 from mailframe.stores._index import QueueIndex
 from mailframe.stores._pressure import DEFAULT_HIGH_WATER, GatedWriter, ProducerGate
 from mailframe.stores._serialize import CorruptEntryError, entry_from_json, entry_to_json
@@ -83,6 +105,11 @@ DEFAULT_MIN_FREE = 64 * 1024 * 1024
 FREE_SPACE_INTERVAL = 1.0
 #: A writer buffers this many octets in memory before a thread writes them.
 WRITE_CHUNK = 64 * 1024
+#: Seconds between looks at the ``trigger`` file, while a server watches it.
+TRIGGER_INTERVAL = 1.0
+#: Entries committed by this process whose envelopes stay in memory until
+#: they are claimed, so that a claim of new mail reads no file.
+CACHED_ENTRIES = 10_000
 
 #: The end of every committed ``.msg``: the length of the entry's JSON
 #: before it, and this magic number.
@@ -94,8 +121,19 @@ _P = ParamSpec("_P")
 _R = TypeVar("_R")
 _T = TypeVar("_T")
 _Entries = list[QueueEntry]
-# File names the spool reads back: a queue id, then .msg or .env.
-_FILE_NAME = re.compile(r"([0-9A-Za-z_-]{1,64})(\.msg|\.env)\Z")
+_Taken = list[tuple[str, EntryState]]
+_Names = list[str]
+_Found_ = list["_Found"]
+_Reasons = list[tuple[str, str]]
+# File names the spool reads back: a queue id, then its suffix.
+_QUEUE_ID = re.compile(r"[0-9A-Za-z_-]{1,64}\Z")
+_STATES = (
+    EntryState.INCOMING,
+    EntryState.ACTIVE,
+    EntryState.DEFERRED,
+    EntryState.HOLD,
+    EntryState.CORRUPT,
+)
 
 
 class SpoolReactor(Protocol):
@@ -117,38 +155,65 @@ class SpoolReactor(Protocol):
 @attrs.frozen
 class _Layout:
     root: str
-    tmp: str
-    queue: str
-    quarantine: str
 
-    @classmethod
-    def under(cls, root: str) -> _Layout:
-        join = os.path.join
-        return cls(root, join(root, "tmp"), join(root, "queue"), join(root, "quarantine"))
+    @property
+    def tmp(self) -> str:
+        return os.path.join(self.root, "tmp")
 
-    def file(self, directory: str, queue_id: str, suffix: str) -> str:
-        return os.path.join(directory, queue_id + suffix)
+    @property
+    def env(self) -> str:
+        return os.path.join(self.root, "env")
+
+    @property
+    def trigger(self) -> str:
+        return os.path.join(self.root, "trigger")
+
+    def directory(self, state: EntryState) -> str:
+        return os.path.join(self.root, state.value)
+
+    def message(self, state: EntryState, queue_id: str) -> str:
+        return os.path.join(self.root, state.value, queue_id + ".msg")
+
+    def envelope(self, queue_id: str) -> str:
+        return os.path.join(self.root, "env", queue_id + ".env")
+
+    def why(self, queue_id: str) -> str:
+        return os.path.join(self.root, "env", queue_id + ".why")
+
+    def temporary(self, queue_id: str, suffix: str) -> str:
+        return os.path.join(self.root, "tmp", queue_id + suffix)
+
+
+@attrs.frozen
+class _Found:
+    """One entry as a directory scan sees it."""
+
+    queue_id: str
+    state: EntryState
+    next_attempt: float
+    size: int = 0
 
 
 @attrs.define
 class _Scan:
     """What recovery found, gathered in a thread and reported on the reactor."""
 
-    entries: list[QueueEntry] = attrs.Factory(list)
+    found: _Found_ = attrs.Factory(list)
     partial: int = 0
     orphans: int = 0
-    finished: int = 0
-    quarantined: list[tuple[str, str]] = attrs.Factory(list)
+    reactivated: int = 0
 
 
 @implementer(IQueueStore)
 class SpoolQueueStore:
     """
     The default, durable :class:`~mailframe.interfaces.IQueueStore`: one
-    directory on a local file system, for one process.
+    directory on a local file system.
 
-    Call :meth:`recover` once, and wait for it, before the first
-    :meth:`open_writer`.
+    A server calls :meth:`recover` once, and waits for it, before the first
+    :meth:`open_writer` or :meth:`claim`. The ``mailframe queue`` command
+    makes one without recovery, in its own process, and uses the other
+    operations, which read the directories rather than the server's memory.
 
     :param path: the spool directory; made by :meth:`recover` if missing.
     :param reactor: the reactor: its clock, and its thread pool unless
@@ -164,6 +229,7 @@ class SpoolQueueStore:
 
     :ivar stats_fsyncs: ``fsync`` calls made, of files and directories.
     :ivar stats_dir_fsyncs: ``fsync`` calls made of directories.
+    :ivar stats_corrupt: entries set aside as corrupt since the start.
     """
 
     def __init__(
@@ -180,69 +246,76 @@ class SpoolQueueStore:
         self.high_water = high_water
         self.stats_fsyncs = 0
         self.stats_dir_fsyncs = 0
+        self.stats_corrupt = 0
         self._reactor = reactor
         self._pool = threadpool if threadpool is not None else reactor.getThreadPool()
         self._random: RandomSource = random if random is not None else SystemRandom()
-        self._layout = _Layout.under(self.path)
+        self._layout = _Layout(self.path)
         self._lock = threading.Lock()
         self._index = QueueIndex()
+        # Entries committed here and not yet claimed, and entries claimed
+        # here and not yet rescheduled or removed: their envelopes, so that
+        # neither a claim nor a record reads a file.
+        self._cache: dict[str, QueueEntry] = {}
+        self._claimed: dict[str, QueueEntry] = {}
         self._writers: dict[str, _SpoolWriter] = {}
         # Per entry, the last of its file operations, so that they run in
         # the order they were asked for.
         self._tails: dict[str, Deferred[None]] = {}
         self._jobs: set[Deferred[Any]] = set()
-        self._syncers = {
-            self._layout.queue: _DirSyncer(self, self._layout.queue),
-            self._layout.quarantine: _DirSyncer(self, self._layout.quarantine),
-        }
+        self._syncers: dict[str, _DirSyncer] = {}
         self._recovering = False
         self._recovered = False
         self._free: int | None = None
         self._free_at = 0.0
+        self._watchers: list[Callable[[], object]] = []
+        self._watch: IDelayedCall | None = None
+        self._trigger_seen = 0
+        self._rescanning = False
+        self._rescan_again = False
+        # While a rescan runs: the entries whose index this process changed
+        # since it started, which the scan may have seen as they were before.
+        self._touched: set[str] | None = None
 
     # -- IQueueStore --------------------------------------------------------
 
     def recover(self) -> Deferred[int]:
         """
-        Make the spool consistent, and load its index. In a thread:
+        Make the spool consistent, and load its index, without reading any
+        envelope. In a thread:
 
         - make the directories if needed;
         - delete everything in ``tmp/`` (messages whose commit never fired);
-        - delete each ``.msg`` in ``queue/`` that has no ``.env`` (a commit
-          that stopped between its renames, or a removal between its
-          unlinks);
-        - load each ``.env``; move an entry that cannot be read, or whose
-          message is missing, to ``quarantine/``; finish quarantines that
-          a crash interrupted.
+        - move every entry of ``active/``, which may have been under
+          delivery, to ``deferred/``, due now;
+        - note each entry's state and, in ``deferred/``, its next attempt
+          from its modification time;
+        - delete each ``.env`` and ``.why`` whose entry is gone (a removal
+          stopped between its unlinks).
 
-        Then every entry that was active, and so may have been under
-        delivery, becomes deferred and due now.
+        An entry whose envelope cannot be read is found when it is claimed,
+        and set aside in ``corrupt/`` then.
 
-        :return: a Deferred firing with the number of entries, quarantined
-            ones included.
+        :return: a Deferred firing with the number of entries.
         """
         if self._recovering or self._recovered:
             return defer.fail(RuntimeError("recover() runs once, when the spool starts"))
         self._recovering = True
 
         def loaded(scan: _Scan) -> int:
-            for entry in scan.entries:
-                self._index.add(entry)
-            self._index.recover(self._reactor.seconds())
+            self._index.load((f.queue_id, f.state, f.next_attempt) for f in scan.found)
             self._recovered = True
             self._recovering = False
-            for queue_id, reason in scan.quarantined:
-                _log.warn(
-                    "Quarantined {queue_id} at start: {reason}", queue_id=queue_id, reason=reason
-                )
+            if self._watchers and self._watch is None:
+                self._watch = self._reactor.callLater(TRIGGER_INTERVAL, self._check_trigger)
             _log.info(
-                "Spool {path} recovered: {count} entries; removed {partial} partial writes,"
-                " {orphans} half-removed entries and {finished} finished entries",
+                "Spool {path} recovered: {count} entries; {reactivated} were active and are"
+                " deferred now; removed {partial} partial writes and {orphans} leftover files",
                 path=self.path,
                 count=len(self._index),
+                reactivated=scan.reactivated,
                 partial=scan.partial,
                 orphans=scan.orphans,
-                finished=scan.finished,
             )
             return len(self._index)
 
@@ -250,7 +323,8 @@ class SpoolQueueStore:
             self._recovering = False
             return failure
 
-        return self._in_thread(self._scan).addCallbacks(loaded, failed)
+        now = self._reactor.seconds()
+        return self._in_thread(self._recover, now).addCallbacks(loaded, failed)
 
     def has_room(self, size: int) -> bool:
         """
@@ -283,18 +357,49 @@ class SpoolQueueStore:
         return writer
 
     def open_message(self, queue_id: str) -> Deferred[BinaryIO]:
-        """A Deferred firing with the message file, opened in a thread."""
-        entry = self._index.get(queue_id)
-        if entry is None:
-            return defer.fail(NoSuchEntry(queue_id))
-        first = self._directory(entry)
-        other = self._layout.queue if first == self._layout.quarantine else self._layout.quarantine
-        paths = [self._layout.file(d, queue_id, ".msg") for d in (first, other)]
-        return self._in_thread(_open_first, paths, entry.size)
+        """
+        A Deferred firing with the message file, opened in a thread: the
+        message alone, without the trailer after it. Where the trailer is
+        damaged, the end of the message is unknown: an entry in
+        ``corrupt/`` gives its whole file, for an operator to look at, and
+        any other fails with :class:`OSError` (``EBADMSG``), so that no
+        envelope is ever delivered as part of a message.
+        """
+        return self._in_thread(self._open_message, queue_id)
 
     def claim(self, now: float, limit: int, lease: float) -> Deferred[_Entries]:
-        """Leases are kept in memory only: a claim writes nothing."""
-        return defer.succeed(self._index.claim(now, limit, lease))
+        """
+        Take due entries with a rename each into ``active/``, in one trip
+        to a thread. An entry that another process moved or deleted
+        meanwhile is not taken; one whose envelope cannot be read is moved
+        to ``corrupt/``, logged and counted.
+        """
+        if not self._recovered:
+            return defer.fail(RuntimeError("recover() the spool before claiming from it"))
+        taken = self._index.claim(now, limit, lease)
+        if not taken:
+            return defer.succeed([])
+        cached = {queue_id: self._cache.pop(queue_id, None) for queue_id, _ in taken}
+
+        def claimed(result: tuple[_Entries, _Names, _Reasons]) -> _Entries:
+            entries, lost, corrupt = result
+            for queue_id, _ in taken:
+                self._note(queue_id)
+            for queue_id in lost:
+                self._forget(queue_id)
+                self._index_remove(queue_id)
+            for queue_id, reason in corrupt:
+                self.stats_corrupt += 1
+                self._index.set(queue_id, EntryState.CORRUPT)
+                _log.warn("Set {queue_id} aside as corrupt: {reason}",
+                          queue_id=queue_id, reason=reason)
+            for entry in entries:
+                self._claimed[entry.queue_id] = entry
+            if lost:
+                self._rescan()
+            return entries
+
+        return self._in_thread(self._take, taken, cached).addCallback(claimed)
 
     def renew(self, queue_id: str, lease: float) -> Deferred[None]:
         """
@@ -303,93 +408,162 @@ class SpoolQueueStore:
         """
         return defer.maybeDeferred(self._index.renew, queue_id, self._reactor.seconds(), lease)
 
-    def record(self, queue_id: str, results: Iterable[RecipientResult]) -> Deferred[None]:
+    def record(self, entry: QueueEntry) -> Deferred[None]:
         """
-        Record the results of an attempt, and fire once they are durable:
-        the ``.env`` file is rewritten, or, when no recipient is left
-        pending, both files are removed. When no recipient changed state
-        (every result was transient), nothing is written: only the attempt
-        count changed, and the :meth:`reschedule` that follows writes it.
+        Store the delivery state of *entry* and fire once it is durable:
+        its ``.env`` is written, ``fsync``\\ ed and renamed into ``env/``,
+        and ``env/`` is ``fsync``\\ ed (shared between entries, as commits
+        share theirs); or, when the entry is done, its files are removed.
+        The ``.env`` holds the stored entry with the recipients, attempts
+        and warned flag of *entry*, and nothing else of it.
         """
-        try:
-            before = self._index.require(queue_id).recipients
-            entry = self._index.record(queue_id, results)
-        except Exception:
-            return defer.fail()
-        if entry.recipients == before:
-            return defer.succeed(None)
-        if entry.pending:
-            return self._persist(entry)
-        self._index.remove(queue_id)
-        return self._remove_files(entry)
+        queue_id = entry.queue_id
+        known = self._claimed.get(queue_id) or self._cache.get(queue_id)
+        if known is not None:
+            try:
+                check_recipients(known, entry)
+            except ValueError:
+                return defer.fail()
+
+        def gone(failure: Failure) -> Failure:
+            # Deleted by an operator: it is not brought back.
+            if failure.check(NoSuchEntry):
+                self._forget(queue_id)
+                self._note(queue_id)
+                self._index_remove(queue_id)
+            return failure
+
+        if entry.done:
+            self._forget(queue_id)
+
+            def removed(_: None) -> None:
+                self._note(queue_id)
+                self._index_remove(queue_id)
+
+            d = self._serially(queue_id, lambda: self._in_thread(self._remove, queue_id))
+            return d.addCallbacks(removed, gone)
+        env = self._layout.env
+
+        def write() -> Deferred[None]:
+            d = self._in_thread(self._write_env, entry, known)
+            return d.addCallback(lambda _: self._syncer(env).sync())
+
+        def written(_: None) -> None:
+            if queue_id in self._claimed:
+                self._claimed[queue_id] = attrs.evolve(
+                    self._claimed[queue_id],
+                    recipients=entry.recipients,
+                    attempts=entry.attempts,
+                    warned=entry.warned,
+                )
+
+        return self._serially(queue_id, write).addCallbacks(written, gone)
 
     def reschedule(self, queue_id: str, when: float, reason: str) -> Deferred[None]:
-        return self._change(self._index.reschedule, queue_id, when, reason)
+        """
+        Move a claimed entry to ``deferred/``, with *when* as its
+        modification time, and *reason* in its ``.why``.
+        """
+        try:
+            state = self._index.state(queue_id)
+        except NoSuchEntry:
+            return defer.fail()
+        self._claimed.pop(queue_id, None)
+        if state is not EntryState.ACTIVE:
+            return defer.succeed(None)
+
+        def moved(now_in: EntryState | None) -> None:
+            self._note(queue_id)
+            if now_in is None:
+                self._index_remove(queue_id)
+            elif queue_id in self._index:
+                self._index.set(queue_id, now_in, when)
+
+        def move() -> Deferred[None]:
+            d = self._in_thread(self._defer, queue_id, when, reason)
+            return d.addCallback(moved)
+
+        return self._serially(queue_id, move)
 
     def list(
         self, state: EntryState | None = None, after: str | None = None, limit: int = 1000
     ) -> Deferred[_Entries]:
-        return defer.succeed(self._index.page(state, after, limit))
+        """
+        A page of entries read from the directories: each page scans the
+        names, and reads only the *limit* entries it returns.
+        """
+        states = _STATES if state is None else (state,)
+        return self._in_thread(self._page, states, after, limit, self._reactor.seconds())
 
     def get(self, queue_id: str) -> Deferred[QueueEntry | None]:
-        return defer.succeed(self._index.get(queue_id))
+        return self._in_thread(self._load, queue_id, self._reactor.seconds())
 
     def hold(self, queue_id: str, reason: str) -> Deferred[None]:
-        return self._change(self._index.hold, queue_id, reason)
+        """Move an entry to ``hold/``, durably; an entry on hold stays there."""
+        return self._operate(queue_id, self._hold, reason)
 
     def release(self, queue_id: str) -> Deferred[None]:
-        return self._change(self._index.release, queue_id, self._reactor.seconds())
+        """Move a held entry to ``deferred/``, due now."""
+        return self._operate(queue_id, self._release, self._reactor.seconds())
 
     def delete(self, queue_id: str) -> Deferred[None]:
-        try:
-            entry = self._index.remove(queue_id)
-        except NoSuchEntry:
-            return defer.fail()
-        return self._remove_files(entry)
+        """Remove an entry's files, whatever its state."""
+        self._forget(queue_id)
+        return self._operate(queue_id, self._delete)
 
     def requeue(self, queue_id: str) -> Deferred[None]:
-        return self._change(self._index.requeue, queue_id, self._reactor.seconds())
+        """
+        Make an entry deferred and due now, keeping its history. Refused
+        for an entry under delivery, which is retried anyway if it fails,
+        and for a corrupt one.
+        """
+        if self._index.leased(queue_id, self._reactor.seconds()):
+            return defer.fail(EntryStateError(f"{queue_id} is being delivered"))
+        return self._operate(queue_id, self._requeue, self._reactor.seconds())
 
     def flush(self) -> Deferred[int]:
         """Make every deferred entry due now; fires with how many there were."""
-        changed = self._index.flush(self._reactor.seconds())
-        writes = [self._persist(entry) for entry in changed]
-        done: Deferred[Any] = defer.gatherResults(writes, consumeErrors=True)
-        done.addErrback(_first_error)
-        return done.addCallback(lambda _: len(changed))
+        now = self._reactor.seconds()
+
+        def flushed(count: int) -> int:
+            for queue_id in self._index.deferred():
+                self._note(queue_id)
+                when = min(now, self._index.next_attempt(queue_id))
+                self._index.set(queue_id, EntryState.DEFERRED, when)
+            self._changed()
+            return count
+
+        return self._in_thread(self._flush, now).addCallback(flushed)
 
     def stats(self) -> Deferred[QueueStats]:
-        return defer.succeed(self._index.stats(incoming=len(self._writers)))
+        """Counts, octets and the oldest arrival, from one scan of the directories."""
+        return self._in_thread(self._stats)
 
     def quarantine(self, queue_id: str, reason: str) -> Deferred[None]:
-        """
-        Move an entry's files to ``quarantine/``, with its state and
-        *reason* written in its ``.env``. The message moves first; the
-        ``.env`` in ``queue/`` is removed only once the new one in
-        ``quarantine/`` is durable, so a crash leaves a state that
-        :meth:`recover` finishes.
-        """
-        try:
-            before = self._index.require(queue_id)
-            after = self._index.quarantine(queue_id, reason)
-        except NoSuchEntry:
-            return defer.fail()
-        if before.state is EntryState.QUARANTINE:
-            return self._persist(after)
-        document = entry_to_json(after)
-        queue, quarantine = self._layout.queue, self._layout.quarantine
+        """Move an entry to ``corrupt/``, durably, with *reason* beside it."""
+        self._forget(queue_id)
+        return self._operate(queue_id, self._quarantine, reason)
 
-        def move() -> Deferred[None]:
-            d = self._in_thread(self._move_to_quarantine, queue_id, document)
-            d.addCallback(lambda _: self._syncers[quarantine].sync())
-            d.addCallback(
-                lambda _: self._in_thread(_unlink, self._layout.file(queue, queue_id, ".env"))
-            )
-            return d.addCallback(lambda _: self._syncers[queue].sync())
-
-        return self._serially(queue_id, move)
+    def notify_on_change(self, callback: Callable[[], object]) -> None:
+        """
+        Call *callback* after :meth:`flush`, :meth:`release` or
+        :meth:`requeue`, and, in a recovered spool, whenever the ``trigger``
+        file shows that another process changed the spool; it is looked at
+        every :data:`TRIGGER_INTERVAL` seconds, from the end of
+        :meth:`recover` (or from this call, if later) until :meth:`stop`.
+        """
+        self._watchers.append(callback)
+        if self._recovered and self._watch is None:
+            self._watch = self._reactor.callLater(TRIGGER_INTERVAL, self._check_trigger)
 
     # -- beyond the interface ------------------------------------------------
+
+    def stop(self) -> Deferred[None]:
+        """Stop watching the ``trigger`` file, and wait for file operations."""
+        if self._watch is not None and self._watch.active():
+            self._watch.cancel()
+        self._watch = None
+        return self.wait_idle()
 
     def wait_idle(self) -> Deferred[None]:
         """
@@ -410,10 +584,11 @@ class SpoolQueueStore:
             if queue_id not in self._index and queue_id not in self._writers:
                 return queue_id
 
-    def _directory(self, entry: QueueEntry) -> str:
-        if entry.state is EntryState.QUARANTINE:
-            return self._layout.quarantine
-        return self._layout.queue
+    def _syncer(self, directory: str) -> _DirSyncer:
+        syncer = self._syncers.get(directory)
+        if syncer is None:
+            syncer = self._syncers[directory] = _DirSyncer(self, directory)
+        return syncer
 
     def _in_thread(self, f: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> Deferred[_R]:
         """Run *f* in the thread pool; :meth:`wait_idle` waits for it."""
@@ -428,7 +603,7 @@ class SpoolQueueStore:
         d.addBoth(finished)
         return d
 
-    def _serially(self, queue_id: str, op: Callable[[], Deferred[None]]) -> Deferred[None]:
+    def _serially(self, queue_id: str, op: Callable[[], Deferred[_T]]) -> Deferred[_T]:
         """Run *op* after every file operation asked before for this entry."""
         tail, outcome = _then(self._tails.get(queue_id), op)
         self._tails[queue_id] = tail
@@ -440,37 +615,104 @@ class SpoolQueueStore:
         tail.addCallback(forget)
         return outcome
 
-    def _change(self, change: Callable[..., QueueEntry], *args: object) -> Deferred[None]:
+    def _operate(
+        self, queue_id: str, op: Callable[..., EntryState | None], *args: object
+    ) -> Deferred[None]:
+        """
+        Run an operator's change in a thread, after the entry's other file
+        operations; then bring the index up to date with where the entry is
+        now, and tell another process's server if this is not one.
+        """
+
+        def run() -> Deferred[EntryState | None]:
+            return self._in_thread(op, queue_id, *args)
+
+        def done(state: EntryState | None) -> None:
+            if not self._recovered:
+                return
+            self._note(queue_id)
+            self._cache.pop(queue_id, None)
+            if state is None:
+                self._index_remove(queue_id)
+                return
+            due = state is EntryState.DEFERRED
+            when = self._reactor.seconds() if due else None
+            if queue_id in self._index:
+                self._index.set(queue_id, state, when)
+            else:
+                self._index.add(queue_id, state, when or 0.0)
+            if due:
+                self._changed()
+
+        return self._serially(queue_id, run).addCallback(done)
+
+    def _index_remove(self, queue_id: str) -> None:
+        if queue_id in self._index:
+            self._index.remove(queue_id)
+
+    def _forget(self, queue_id: str) -> None:
+        self._cache.pop(queue_id, None)
+        self._claimed.pop(queue_id, None)
+
+    def _note(self, queue_id: str) -> None:
+        """The index of *queue_id* changed here: a rescan under way must not undo it."""
+        if self._touched is not None:
+            self._touched.add(queue_id)
+
+    def _changed(self) -> None:
+        for callback in list(self._watchers):
+            callback()
+
+    def _check_trigger(self) -> None:
+        self._watch = None
         try:
-            entry = change(*args)
-        except Exception:
-            return defer.fail()
-        return self._persist(entry)
+            seen = os.stat(self._layout.trigger).st_mtime_ns
+        except FileNotFoundError:
+            seen = 0
+        if seen != self._trigger_seen:
+            self._trigger_seen = seen
+            self._rescan()
+        if self._watchers:
+            self._watch = self._reactor.callLater(TRIGGER_INTERVAL, self._check_trigger)
 
-    def _persist(self, entry: QueueEntry) -> Deferred[None]:
-        """Rewrite the entry's ``.env`` as it is now, once earlier writes are done."""
-        document = entry_to_json(entry)
-        directory = self._directory(entry)
-
-        def write() -> Deferred[None]:
-            d = self._in_thread(self._replace_env, directory, entry.queue_id, document)
-            return d.addCallback(lambda _: self._syncers[directory].sync())
-
-        return self._serially(entry.queue_id, write)
-
-    def _remove_files(self, entry: QueueEntry) -> Deferred[None]:
+    def _rescan(self) -> None:
         """
-        Remove a finished entry's files. The directory is not fsynced: if a
-        crash undoes the removal, the entry comes back and is delivered
-        again, which at-least-once delivery allows (RFC 5321 §6.1), and
-        which Postfix risks the same way; nothing can be lost.
+        Look at the directories again, and wake the watchers. The index of
+        an entry that this process is changing, or changed while the scan
+        ran, is left as it is: the scan may have seen the entry before.
+        Asked while a rescan runs, which may have looked already, another
+        follows it.
         """
-        directory = self._directory(entry)
+        if not self._recovered:
+            return
+        if self._rescanning:
+            self._rescan_again = True
+            return
+        self._rescanning = True
+        self._rescan_again = False
+        self._touched = set()
 
-        def remove() -> Deferred[None]:
-            return self._in_thread(self._unlink_entry, directory, entry.queue_id)
+        def scanned(found: _Found_) -> None:
+            keep = set(self._touched or ()) | self._writers.keys() | self._tails.keys()
+            self._index.resync(
+                ((f.queue_id, f.state, f.next_attempt) for f in found),
+                self._reactor.seconds(),
+                keep,
+            )
+            for queue_id in [q for q in self._cache if q not in self._index]:
+                del self._cache[queue_id]
+            self._changed()
 
-        return self._serially(entry.queue_id, remove)
+        def finished(result: object) -> None:
+            self._rescanning = False
+            self._touched = None
+            if isinstance(result, Failure):
+                _log.failure("Cannot scan the spool {path}", result, path=self.path)
+            if self._rescan_again:
+                self._rescan()
+
+        d = self._in_thread(self._scan_states, self._reactor.seconds())
+        d.addCallback(scanned).addBoth(finished)
 
     # -- in the thread pool ---------------------------------------------------
 
@@ -497,35 +739,362 @@ class SpoolQueueStore:
         finally:
             os.close(fd)
 
-    def _replace_env(self, directory: str, queue_id: str, document: bytes) -> None:
-        temporary = self._layout.file(self._layout.tmp, queue_id, ".env")
-        self._write_durably(temporary, document)
-        os.rename(temporary, self._layout.file(directory, queue_id, ".env"))
+    def _touch(self) -> None:
+        """
+        Tell a server in another process that the spool changed. The new
+        modification time is always later than the last, even within one
+        tick of the file system's clock, so that no change goes unseen.
+        """
+        if self._recovered:
+            return
+        trigger = self._layout.trigger
+        with open(trigger, "ab"):
+            pass
+        stamp = max(time.time_ns(), os.stat(trigger).st_mtime_ns + 1)
+        os.utime(trigger, ns=(stamp, stamp))
 
-    def _unlink_entry(self, directory: str, queue_id: str) -> None:
-        # The .msg first: once it is gone the entry is, and recovery removes
-        # an .env left behind.
-        _unlink(self._layout.file(directory, queue_id, ".msg"))
-        _unlink(self._layout.file(directory, queue_id, ".env"))
+    def _locate(self, queue_id: str) -> tuple[EntryState, os.stat_result]:
+        """
+        The entry's state and its message's ``stat``.
 
-    def _move_to_quarantine(self, queue_id: str, document: bytes) -> None:
-        # The new .env first: recovery finishes a quarantine that has it.
-        layout = self._layout
-        temporary = layout.file(layout.tmp, queue_id, ".env")
-        self._write_durably(temporary, document)
-        os.rename(temporary, layout.file(layout.quarantine, queue_id, ".env"))
+        :raises NoSuchEntry: if no directory holds it, twice in a row (an
+            entry that moves while the directories are looked at is seen
+            the second time).
+        """
+        if not _QUEUE_ID.match(queue_id):
+            raise NoSuchEntry(queue_id)
+        for _ in range(2):
+            for state in _STATES:
+                try:
+                    return state, os.stat(self._layout.message(state, queue_id))
+                except FileNotFoundError:
+                    pass
+        raise NoSuchEntry(queue_id)
+
+    def _move(self, queue_id: str, source: EntryState, target: EntryState) -> None:
+        os.rename(
+            self._layout.message(source, queue_id), self._layout.message(target, queue_id)
+        )
+
+    def _relocate(
+        self, queue_id: str, target: EntryState, when: float | None = None, sync: bool = False
+    ) -> EntryState:
+        """Move an entry to *target* from wherever it is; return *target*."""
+        for _ in range(3):
+            state, _stat = self._locate(queue_id)
+            try:
+                if state is not target:
+                    self._move(queue_id, state, target)
+                break
+            except FileNotFoundError:
+                continue
+        else:
+            raise NoSuchEntry(queue_id)
+        if when is not None:
+            os.utime(self._layout.message(target, queue_id), (when, when))
+        if sync:
+            self._fsync_dir(self._layout.directory(target))
+        self._touch()
+        return target
+
+    def _open_message(self, queue_id: str) -> BinaryIO:
+        for _ in range(3):
+            state, _stat = self._locate(queue_id)
+            try:
+                raw = io.FileIO(self._layout.message(state, queue_id), "rb")
+            except FileNotFoundError:
+                continue
+            try:
+                size = _message_size(raw)
+            except CorruptEntryError as e:
+                if state is not EntryState.CORRUPT:
+                    raw.close()
+                    raise OSError(errno.EBADMSG, f"the message of {queue_id}: {e}") from e
+                size = raw.seek(0, os.SEEK_END)
+                raw.seek(0)
+            return cast(BinaryIO, io.BufferedReader(_MessageFile(raw, size)))
+        raise NoSuchEntry(queue_id)
+
+    def _document(self, queue_id: str, state: EntryState) -> bytes:
+        """
+        The entry's JSON as it is now: its ``.env`` if it has one, else the
+        trailer of its ``.msg``.
+
+        :raises CorruptEntryError: when neither can be read.
+        """
         try:
-            os.rename(
-                layout.file(layout.queue, queue_id, ".msg"),
-                layout.file(layout.quarantine, queue_id, ".msg"),
-            )
+            with open(self._layout.envelope(queue_id), "rb") as f:
+                return f.read()
         except FileNotFoundError:
-            pass  # a missing message may be why it is quarantined
+            return _read_trailer(self._layout.message(state, queue_id))
 
-    def _scan(self) -> _Scan:
+    def _why(self, queue_id: str) -> str | None:
+        try:
+            with open(self._layout.why(queue_id), "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return None
+
+    def _take(
+        self, taken: _Taken, cached: dict[str, QueueEntry | None]
+    ) -> tuple[_Entries, _Names, _Reasons]:
+        entries: _Entries = []
+        lost: _Names = []
+        corrupt: _Reasons = []
+        for queue_id, previous in taken:
+            if previous is EntryState.ACTIVE:
+                # Its lease ran out: it is taken again where it is, if it
+                # is still there.
+                if not os.path.exists(self._layout.message(EntryState.ACTIVE, queue_id)):
+                    lost.append(queue_id)
+                    continue
+            else:
+                try:
+                    self._move(queue_id, previous, EntryState.ACTIVE)
+                except FileNotFoundError:
+                    lost.append(queue_id)
+                    continue
+            entry = cached[queue_id]
+            if entry is None:
+                try:
+                    entry = entry_from_json(
+                        self._document(queue_id, EntryState.ACTIVE), queue_id
+                    )
+                except FileNotFoundError:
+                    # Moved away by another process since the rename: where
+                    # it is now, it is not this claim's, and not corrupt.
+                    lost.append(queue_id)
+                    continue
+                except (CorruptEntryError, OSError) as e:
+                    reason = f"unreadable envelope: {e}"
+                    try:
+                        self._quarantine(queue_id, reason)
+                    except NoSuchEntry:
+                        lost.append(queue_id)
+                    else:
+                        corrupt.append((queue_id, reason))
+                    continue
+            entries.append(attrs.evolve(entry, state=EntryState.ACTIVE))
+        return entries, lost, corrupt
+
+    def _write_env(self, entry: QueueEntry, known: QueueEntry | None) -> None:
+        queue_id = entry.queue_id
+        state, _stat = self._locate(queue_id)
+        if known is None:
+            known = entry_from_json(self._document(queue_id, state), queue_id)
+            check_recipients(known, entry)
+        document = entry_to_json(
+            attrs.evolve(
+                known, recipients=entry.recipients, attempts=entry.attempts, warned=entry.warned
+            )
+        )
+        temporary = self._layout.temporary(queue_id, ".env")
+        self._write_durably(temporary, document)
+        os.rename(temporary, self._layout.envelope(queue_id))
+
+    def _remove(self, queue_id: str) -> None:
+        """
+        Remove a finished entry's files: the ``.msg`` first, since once it
+        is gone the entry is, and recovery removes a ``.env`` left behind.
+        The directory is not ``fsync``\\ ed: if a crash undoes the removal,
+        the entry comes back and is delivered again, which at-least-once
+        delivery allows (RFC 5321 §6.1), and which Postfix risks the same
+        way; nothing can be lost.
+        """
+        try:
+            os.unlink(self._layout.message(EntryState.ACTIVE, queue_id))
+        except FileNotFoundError:
+            self._delete(queue_id)
+            return
+        _unlink(self._layout.envelope(queue_id))
+        _unlink(self._layout.why(queue_id))
+
+    def _defer(self, queue_id: str, when: float, reason: str) -> EntryState | None:
+        """
+        Move a claimed entry to ``deferred/``; where it is, if an operator
+        moved it. Its modification time is set before the rename, so that
+        no scan sees it deferred with the old one, due at once.
+        """
+        active = self._layout.message(EntryState.ACTIVE, queue_id)
+        try:
+            os.utime(active, (when, when))
+            os.rename(active, self._layout.message(EntryState.DEFERRED, queue_id))
+        except FileNotFoundError:
+            try:
+                return self._locate(queue_id)[0]
+            except NoSuchEntry:
+                return None
+        if reason:
+            # Not fsynced: after a crash the recipients' replies tell as much.
+            with open(self._layout.why(queue_id), "wb") as f:
+                f.write(reason.encode("utf-8", "replace"))
+        else:
+            _unlink(self._layout.why(queue_id))
+        return EntryState.DEFERRED
+
+    def _hold(self, queue_id: str, reason: str) -> EntryState:
+        state, _stat = self._locate(queue_id)
+        if state is EntryState.CORRUPT:
+            raise EntryStateError(f"{queue_id} is corrupt and cannot be held")
+        if state is EntryState.HOLD:
+            return state
+        if reason:
+            self._write_durably(self._layout.why(queue_id), reason.encode("utf-8"))
+        return self._relocate(queue_id, EntryState.HOLD, sync=True)
+
+    def _release(self, queue_id: str, now: float) -> EntryState:
+        state, _stat = self._locate(queue_id)
+        if state is not EntryState.HOLD:
+            raise EntryStateError(f"{queue_id} is {state.value}, not on hold")
+        target = self._relocate(queue_id, EntryState.DEFERRED, when=now, sync=True)
+        _unlink(self._layout.why(queue_id))
+        return target
+
+    def _requeue(self, queue_id: str, now: float) -> EntryState:
+        state, _stat = self._locate(queue_id)
+        if state is EntryState.ACTIVE:
+            raise EntryStateError(f"{queue_id} is being delivered")
+        if state is EntryState.CORRUPT:
+            raise EntryStateError(f"{queue_id} is corrupt and cannot be requeued")
+        target = self._relocate(queue_id, EntryState.DEFERRED, when=now, sync=True)
+        _unlink(self._layout.why(queue_id))
+        return target
+
+    def _delete(self, queue_id: str) -> None:
+        for _ in range(3):
+            state, _stat = self._locate(queue_id)
+            try:
+                os.unlink(self._layout.message(state, queue_id))
+                break
+            except FileNotFoundError:
+                continue
+        else:
+            raise NoSuchEntry(queue_id)
+        _unlink(self._layout.envelope(queue_id))
+        _unlink(self._layout.why(queue_id))
+        self._touch()
+
+    def _quarantine(self, queue_id: str, reason: str) -> EntryState:
+        self._write_durably(self._layout.why(queue_id), reason.encode("utf-8"))
+        self._fsync_dir(self._layout.env)
+        return self._relocate(queue_id, EntryState.CORRUPT, sync=True)
+
+    def _flush(self, now: float) -> int:
+        count = 0
+        directory = self._layout.directory(EntryState.DEFERRED)
+        for item in _scandir(directory):
+            try:
+                if item.stat().st_mtime > now:
+                    os.utime(item.path, (now, now))
+            except FileNotFoundError:
+                continue
+            count += 1
+        self._touch()
+        return count
+
+    def _stats(self) -> QueueStats:
+        counts = dict.fromkeys(EntryState, 0)
+        size = 0
+        oldest: float | None = None
+        for state in _STATES:
+            for item in _scandir(self._layout.directory(state)):
+                try:
+                    size += item.stat().st_size
+                except FileNotFoundError:
+                    continue
+                counts[state] += 1
+                made = queue_id_time(item.name[:-4])
+                if made is not None and (oldest is None or made < oldest):
+                    oldest = made
+        return QueueStats(tuple(counts.items()), size=size, oldest=oldest)
+
+    def _load(self, queue_id: str, now: float) -> QueueEntry | None:
+        """The entry as the files say now, or ``None``."""
+        try:
+            state, stat = self._locate(queue_id)
+        except NoSuchEntry:
+            return None
+        try:
+            entry = entry_from_json(self._document(queue_id, state), queue_id)
+        except (CorruptEntryError, OSError) as e:
+            # Nothing of the envelope can be trusted: list the entry with
+            # an empty one, so that an operator sees it and can delete it.
+            return QueueEntry(
+                queue_id=queue_id,
+                envelope=Envelope(NULL_PATH, ()),
+                state=state,
+                recipients=(),
+                reason=self._why(queue_id) or f"unreadable envelope: {e}",
+                size=max(stat.st_size - _TRAILER.size, 0),
+            )
+        if state is EntryState.DEFERRED:
+            next_attempt = stat.st_mtime
+        elif state is EntryState.INCOMING:
+            next_attempt = min(entry.next_attempt, now)
+        else:
+            next_attempt = entry.next_attempt
+        reason = self._why(queue_id)
+        if reason is None and state is EntryState.DEFERRED:
+            replies = [r.reply for r in entry.recipients if r.state is RecipientState.PENDING]
+            reason = next((str(r) for r in replies if r is not None), "")
+        elif reason is None:
+            reason = entry.reason
+        return attrs.evolve(entry, state=state, next_attempt=next_attempt, reason=reason)
+
+    def _page(
+        self, states: tuple[EntryState, ...], after: str | None, limit: int, now: float
+    ) -> _Entries:
+        def names(start: str | None) -> Iterator[str]:
+            for state in states:
+                for item in _scandir(self._layout.directory(state)):
+                    queue_id = item.name[:-4]
+                    if start is None or queue_id > start:
+                        yield queue_id
+
+        # Only the names of one page are kept, whatever the queue's size.
+        # Entries that leave (delivered, deleted) between the scan and the
+        # reading are made up for by the next names, so that only the end
+        # of the queue gives an empty page.
+        found: _Entries = []
+        start = after
+        while len(found) < limit:
+            batch = sorted(set(heapq.nsmallest(limit - len(found), names(start))))
+            if not batch:
+                break
+            for queue_id in batch:
+                entry = self._load(queue_id, now)
+                if entry is not None and entry.state in states:
+                    found.append(entry)
+            start = batch[-1]
+        return found
+
+    def _scan_states(self, now: float) -> _Found_:
+        """
+        Every entry's state, and in ``deferred/`` its next attempt; those of
+        ``incoming/`` in the order of their ids, which is the order in which
+        they came.
+        """
+        found = []
+        for state in _STATES:
+            items = _scandir(self._layout.directory(state))
+            if state is EntryState.INCOMING:
+                items = iter(sorted(items, key=lambda item: item.name))
+            for item in items:
+                queue_id = item.name[:-4]
+                if state is EntryState.DEFERRED:
+                    try:
+                        when = item.stat().st_mtime
+                    except FileNotFoundError:
+                        continue
+                else:
+                    when = now
+                found.append(_Found(queue_id, state, when))
+        return found
+
+    def _recover(self, now: float) -> _Scan:
         layout = self._layout
         made = False
-        for directory in (layout.tmp, layout.queue, layout.quarantine):
+        for directory in [layout.tmp, layout.env, *(layout.directory(s) for s in _STATES)]:
             if not os.path.isdir(directory):
                 os.makedirs(directory, exist_ok=True)
                 made = True
@@ -535,132 +1104,25 @@ class SpoolQueueStore:
         for name in os.listdir(layout.tmp):
             _remove_tree(os.path.join(layout.tmp, name))
             scan.partial += 1
-        held = _list_entries(layout.quarantine)
-        moved = False
-        for queue_id, suffixes in sorted(_list_entries(layout.queue).items()):
-            held_suffixes = held.get(queue_id, set())
-            if ".env" in held_suffixes:
-                # A quarantine stopped after its new .env was in place.
-                self._finish_quarantine(queue_id, suffixes, held_suffixes)
-                moved = True
-            elif ".msg" not in suffixes:
-                if ".msg" in held_suffixes:
-                    # Only a quarantine moves a message out of queue/.
-                    reason = "quarantine interrupted"
-                    scan.quarantined.append((queue_id, reason))
-                    self._quarantine_at_start(queue_id, reason)
-                    moved = True
-                else:
-                    # A removal stopped between its unlinks (.msg goes first).
-                    _unlink(layout.file(layout.queue, queue_id, ".env"))
-                    scan.orphans += 1
-            else:
-                moved |= self._load(queue_id, scan)
-        if moved:
-            self._fsync_dir(layout.queue)
-        for queue_id, suffixes in sorted(_list_entries(layout.quarantine).items()):
-            if ".env" in suffixes:
-                scan.entries.append(self._load_quarantined(queue_id))
-        return scan
-
-    def _document(self, queue_id: str) -> bytes:
-        """
-        The entry's JSON as it is now: its ``.env`` if it has one, else the
-        trailer of its ``.msg``.
-
-        :raises CorruptEntryError: when neither can be read.
-        """
-        layout = self._layout
-        try:
-            with open(layout.file(layout.queue, queue_id, ".env"), "rb") as f:
-                return f.read()
-        except FileNotFoundError:
-            return _read_trailer(layout.file(layout.queue, queue_id, ".msg"))
-
-    def _load(self, queue_id: str, scan: _Scan) -> bool:
-        """Load one entry of ``queue/``; ``True`` if it was moved to quarantine."""
-        try:
-            entry = entry_from_json(self._document(queue_id), queue_id)
-        except CorruptEntryError as e:
-            reason = f"unreadable envelope: {e}"
-            scan.quarantined.append((queue_id, reason))
-            self._quarantine_at_start(queue_id, reason)
-            return True
-        if entry.state is EntryState.QUARANTINE:
-            self._quarantine_at_start(queue_id, entry.reason)
-            return True
-        if not entry.pending:
-            self._unlink_entry(self._layout.queue, queue_id)
-            scan.finished += 1
-            return False
-        scan.entries.append(entry)
-        return False
-
-    def _quarantine_at_start(self, queue_id: str, reason: str) -> None:
-        """Move an entry of ``queue/`` to ``quarantine/``, keeping what can be read."""
-        layout = self._layout
-        queue_env = layout.file(layout.queue, queue_id, ".env")
-        held_env = layout.file(layout.quarantine, queue_id, ".env")
-        try:
-            data = self._document(queue_id)
-        except (CorruptEntryError, FileNotFoundError):
-            data = b""
-        try:
-            entry = entry_from_json(data, queue_id)
-        except CorruptEntryError:
-            # Keep the damaged file as it is, for whoever looks into it.
-            document = data
-        else:
-            if entry.state is not EntryState.QUARANTINE:
-                entry = attrs.evolve(entry, state=EntryState.QUARANTINE, reason=reason)
-            document = entry_to_json(entry)
-        temporary = layout.file(layout.tmp, queue_id, ".env")
-        self._write_durably(temporary, document)
-        os.rename(temporary, held_env)
-        try:
-            os.rename(
-                layout.file(layout.queue, queue_id, ".msg"),
-                layout.file(layout.quarantine, queue_id, ".msg"),
-            )
-        except FileNotFoundError:
-            pass
-        self._fsync_dir(layout.quarantine)
-        _unlink(queue_env)
-
-    def _finish_quarantine(self, queue_id: str, suffixes: set[str], held: set[str]) -> None:
-        """A quarantine stopped after its new ``.env`` was in place."""
-        layout = self._layout
-        message = layout.file(layout.queue, queue_id, ".msg")
-        if ".msg" in suffixes:
-            if ".msg" in held:
-                _unlink(message)
-            else:
-                os.rename(message, layout.file(layout.quarantine, queue_id, ".msg"))
-                self._fsync_dir(layout.quarantine)
-        _unlink(layout.file(layout.queue, queue_id, ".env"))
-
-    def _load_quarantined(self, queue_id: str) -> QueueEntry:
-        layout = self._layout
-        with open(layout.file(layout.quarantine, queue_id, ".env"), "rb") as f:
-            data = f.read()
-        try:
-            entry = entry_from_json(data, queue_id)
-        except CorruptEntryError as e:
+        for item in _scandir(layout.directory(EntryState.ACTIVE)):
+            queue_id = item.name[:-4]
             try:
-                size = os.stat(layout.file(layout.quarantine, queue_id, ".msg")).st_size
+                os.utime(item.path, (now, now))
+                self._move(queue_id, EntryState.ACTIVE, EntryState.DEFERRED)
             except FileNotFoundError:
-                size = 0
-            # Nothing of the envelope can be trusted: list the entry with
-            # an empty one, so that an operator sees it and can delete it.
-            return QueueEntry(
-                queue_id=queue_id,
-                envelope=Envelope(NULL_PATH, ()),
-                state=EntryState.QUARANTINE,
-                recipients=(),
-                reason=f"unreadable envelope: {e}",
-                size=size,
-            )
-        return attrs.evolve(entry, state=EntryState.QUARANTINE)
+                continue  # held or deleted by a ``mailframe queue`` meanwhile
+            scan.reactivated += 1
+        scan.found = self._scan_states(now)
+        present = {f.queue_id for f in scan.found}
+        for name in os.listdir(layout.env):
+            if name.endswith((".env", ".why")) and name[:-4] not in present:
+                _unlink(os.path.join(layout.env, name))
+                scan.orphans += 1
+        try:
+            self._trigger_seen = os.stat(layout.trigger).st_mtime_ns
+        except FileNotFoundError:
+            self._trigger_seen = 0
+        return scan
 
 
 @attrs.define(eq=False)
@@ -736,6 +1198,7 @@ class _SpoolWriter(GatedWriter):
         self._error: Failure | None = None
         self._tail: Deferred[None] = defer.succeed(None)
         self._gate = ProducerGate(cast(IReactorTime, store._reactor), store.high_water)
+        self._target = EntryState.INCOMING
 
     def write(self, data: bytes) -> None:
         """
@@ -756,11 +1219,12 @@ class _SpoolWriter(GatedWriter):
         if self._buffered > WRITE_CHUNK:
             self._flush()
 
-    def commit(self, envelope: Envelope) -> Deferred[str]:
+    def commit(self, envelope: Envelope, hold: str | None = None) -> Deferred[str]:
         """
-        Write what is left, make the message and its envelope durable, and
-        fire with the queue id; see the module's documentation for the
-        order of operations. On failure, the files are removed.
+        Write what is left, make the message and its envelope durable in
+        ``incoming/`` (or ``hold/``), and fire with the queue id; see the
+        module's documentation for the order of operations. On failure, the
+        files are removed.
         """
         if self._state is not _Writing.OPEN:
             state = self._state.value
@@ -770,14 +1234,13 @@ class _SpoolWriter(GatedWriter):
         self._state = _Writing.COMMITTING
         store = self._store
         data = self._take()
-        entry = QueueEntry(
-            queue_id=self.queue_id,
-            envelope=envelope,
-            state=EntryState.ACTIVE,
-            recipients=tuple((r, RecipientState.PENDING) for r in envelope.recipients),
-            next_attempt=store._reactor.seconds(),
-            size=self._size,
+        state = EntryState.INCOMING if hold is None else EntryState.HOLD
+        entry = QueueEntry.new(
+            self.queue_id, envelope, store._reactor.seconds(), self._size, state
         )
+        if hold is not None:
+            entry = attrs.evolve(entry, reason=hold)
+        self._target = state
         document = entry_to_json(entry)
 
         def finish() -> Deferred[str]:
@@ -791,7 +1254,8 @@ class _SpoolWriter(GatedWriter):
                 return result
 
             d.addBoth(written)
-            synced = d.addCallback(lambda _: store._syncers[store._layout.queue].sync())
+            directory = store._layout.directory(state)
+            synced = d.addCallback(lambda _: store._syncer(directory).sync())
             return synced.addCallback(lambda _: self._committed(entry))
 
         outcome = self._chain(finish)
@@ -850,8 +1314,15 @@ class _SpoolWriter(GatedWriter):
 
     def _committed(self, entry: QueueEntry) -> str:
         self._state = _Writing.COMMITTED
-        self._store._writers.pop(self.queue_id, None)
-        self._store._index.add(entry)
+        store = self._store
+        store._writers.pop(self.queue_id, None)
+        store._note(self.queue_id)
+        if self.queue_id in store._index:
+            store._index.set(self.queue_id, entry.state, entry.next_attempt)
+        else:
+            store._index.add(self.queue_id, entry.state, entry.next_attempt)
+        if entry.state is EntryState.INCOMING and len(store._cache) < CACHED_ENTRIES:
+            store._cache[self.queue_id] = entry
         return self.queue_id
 
     def _commit_failed(self, failure: Failure) -> Failure:
@@ -871,44 +1342,40 @@ class _SpoolWriter(GatedWriter):
 
     # -- in the thread pool ------------------------------------------------------
 
-    def _file(self, directory: str, suffix: str) -> str:
-        return self._store._layout.file(directory, self.queue_id, suffix)
+    def _temporary(self) -> str:
+        return self._store._layout.temporary(self.queue_id, ".msg")
 
     def _append(self, data: bytes) -> None:
         if self._fd is None:
-            self._fd = _create(self._file(self._store._layout.tmp, ".msg"))
+            self._fd = _create(self._temporary())
         _write_all(self._fd, data)
 
     def _open_for_reading(self) -> BinaryIO:
         if self._error is not None:
             self._error.raiseException()
         if self._fd is None:
-            self._fd = _create(self._file(self._store._layout.tmp, ".msg"))
-        return open(self._file(self._store._layout.tmp, ".msg"), "rb")
+            self._fd = _create(self._temporary())
+        return open(self._temporary(), "rb")
 
     def _finish(self, data: bytes, document: bytes) -> None:
         store = self._store
-        layout = store._layout
         if self._fd is None:
-            self._fd = _create(self._file(layout.tmp, ".msg"))
+            self._fd = _create(self._temporary())
         _write_all(self._fd, data + document + _TRAILER.pack(len(document), _MAGIC))
         store._fsync(self._fd)
         fd, self._fd = self._fd, None
         os.close(fd)
-        os.rename(self._file(layout.tmp, ".msg"), self._file(layout.queue, ".msg"))
+        os.rename(self._temporary(), store._layout.message(self._target, self.queue_id))
 
     def _remove_files(self, committed: bool) -> None:
         if self._fd is not None:
             fd, self._fd = self._fd, None
             os.close(fd)
-        layout = self._store._layout
-        _unlink(self._file(layout.tmp, ".msg"))
-        _unlink(self._file(layout.tmp, ".env"))
+        _unlink(self._temporary())
         if committed:
-            # A failed commit may have renamed its files already; its
-            # client was not told 250, so the entry must not stay.
-            _unlink(self._file(layout.queue, ".env"))
-            _unlink(self._file(layout.queue, ".msg"))
+            # A failed commit may have renamed its file already; its client
+            # was not told 250, so the entry must not stay.
+            _unlink(self._store._layout.message(self._target, self.queue_id))
 
 
 def _then(
@@ -1004,17 +1471,35 @@ class _MessageFile(io.RawIOBase):
         super().close()
 
 
-def _open_first(paths: list[str], size: int) -> BinaryIO:
-    """The message of the first of *paths* that exists, *size* octets long."""
-    for path in paths[:-1]:
-        try:
-            raw = io.FileIO(path, "rb")
-            break
-        except FileNotFoundError:
-            pass
-    else:
-        raw = io.FileIO(paths[-1], "rb")
-    return cast(BinaryIO, io.BufferedReader(_MessageFile(raw, size)))
+def _message_size(raw: io.FileIO) -> int:
+    """
+    The length of the message in a committed ``.msg``: what comes before
+    its trailer.
+
+    :raises CorruptEntryError: when the file has no valid trailer.
+    """
+    end = raw.seek(0, os.SEEK_END)
+    if end < _TRAILER.size:
+        raise CorruptEntryError("the message file has no envelope trailer")
+    raw.seek(end - _TRAILER.size)
+    length, magic = _TRAILER.unpack(raw.read(_TRAILER.size))
+    raw.seek(0)
+    if magic != _MAGIC or length > end - _TRAILER.size:
+        raise CorruptEntryError("the message file has no envelope trailer")
+    return int(end - _TRAILER.size - length)
+
+
+def _scandir(directory: str) -> Iterator[os.DirEntry[str]]:
+    """The ``.msg`` files of a state directory (none if it is missing)."""
+    try:
+        items = os.scandir(directory)
+    except FileNotFoundError:
+        return
+    with items:
+        for item in items:
+            name = item.name
+            if name.endswith(".msg") and _QUEUE_ID.match(name[:-4]):
+                yield item
 
 
 def _read_trailer(path: str) -> bytes:
@@ -1033,13 +1518,3 @@ def _read_trailer(path: str) -> bytes:
             raise CorruptEntryError("the message file has no envelope trailer")
         f.seek(end - _TRAILER.size - length)
         return f.read(length)
-
-
-def _list_entries(directory: str) -> dict[str, set[str]]:
-    """The queue ids that have files in *directory*, with their suffixes."""
-    found: dict[str, set[str]] = {}
-    for name in os.listdir(directory):
-        match = _FILE_NAME.match(name)
-        if match is not None:
-            found.setdefault(match.group(1), set()).add(match.group(2))
-    return found

@@ -60,6 +60,15 @@ The message sent is the stored message, which starts with our own
 (:attr:`Envelope.added_headers <mailframe.envelope.Envelope.added_headers>`)
 before it. No other header field is added or changed.
 
+To a next hop that offers DSN, the envelope's DSN parameters go on
+(RFC 3461 §5.2.2): ``RET`` and ``ENVID`` on MAIL, and on each RCPT the
+``NOTIFY`` and ``ORCPT`` that the envelope's recipient gave. When it gave
+no ORCPT and the router changed the address, ``ORCPT`` names the
+envelope's recipient (RFC 3461 §5.2.1; see
+:func:`~mailframe.address.original_recipient`). Delivered recipients are
+:attr:`~mailframe.envelope.Handoff.PASSED_ON` then, and
+:attr:`~mailframe.envelope.Handoff.RELAYED` to a next hop without DSN.
+
 Call :meth:`SMTPTransport.stop` when the service stops: it closes the idle
 connections at once, and the others once their transaction is done.
 """
@@ -82,9 +91,16 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from mailframe.address import Mailbox, is_domain
+from mailframe.address import Mailbox, is_domain, original_recipient
 from mailframe.core import ClientLimits
-from mailframe.envelope import DeliveryStatus, QueueEntry, RecipientResult, Route
+from mailframe.envelope import (
+    DeliveryStatus,
+    DSNOptions,
+    Envelope,
+    QueueEntry,
+    RecipientResult,
+    Route,
+)
 from mailframe.errors import MailframeError, PermanentDeliveryError, TransientDeliveryError
 from mailframe.interfaces import IDeliveryTransport, IQueueStore, IResolver
 from mailframe.protocols.client import (
@@ -393,6 +409,19 @@ def _fail(items: Sequence[tuple[Mailbox, Mailbox]], reply: Reply, status: Delive
     return [RecipientResult(r, status, reply, original=o, remote=remote) for r, o in items]
 
 
+def _dsn_options(envelope: Envelope, recipient: Mailbox, original: Mailbox) -> DSNOptions:
+    """
+    What RCPT asks of DSN for *recipient*: the options the envelope's
+    *original* recipient gave, and, when it gave no ORCPT and the router
+    changed the address, an ORCPT that names *original* (RFC 3461 §5.2.1:
+    an added ORCPT carries the address of the RCPT that was received).
+    """
+    options = envelope.dsn_options(original)
+    if options.orcpt is None and recipient != original:
+        options = attrs.evolve(options, orcpt=original_recipient(original))
+    return options
+
+
 def _status(error: MailframeError) -> DeliveryStatus:
     if isinstance(error, PermanentDeliveryError):
         return DeliveryStatus.PERMANENT
@@ -632,10 +661,13 @@ class SMTPTransport:
                 if failure is not None:
                     out.extend(_fail(batch, failure.reply, _status(failure)))
                     continue
+                dsn = [_dsn_options(envelope, r, o) for r, o in batch]
                 transaction = Transaction(
                     envelope.sender, [r for r, _ in batch], message.file, message.size,
                     prefix=message.prefix, body=envelope.body, smtputf8=envelope.smtputf8,
                     utf8_headers=message.utf8_headers, auth=envelope.auth,
+                    ret=envelope.ret, envid=envelope.envid,
+                    dsn=dsn if any(o != DSNOptions() for o in dsn) else (),
                 )
                 retried = False
                 while True:

@@ -38,7 +38,10 @@ from mailframe.core import (
     LocalProtocolError,
     ProtocolViolation,
     Response,
+    dsn_mail_parameters,
+    dsn_rcpt_parameters,
 )
+from mailframe.envelope import DSNOptions
 from mailframe.errors import LocalError
 from mailframe.reply import Reply
 from tests.core.test_client_helpers import (
@@ -280,6 +283,10 @@ def test_commands_may_follow_the_final_dot() -> None:
             ClientRcpt(Mailbox("bob", "mx.example"), {"NOTIFY": "SUCCESS,FAILURE"}),
             b"RCPT TO:<bob@mx.example> NOTIFY=SUCCESS,FAILURE\r\n",
         ),
+        (
+            ClientRcpt(Mailbox("bob", "mx.example"), {"ORCPT": "rfc822;b+2Bb@x.example"}),
+            b"RCPT TO:<bob@mx.example> ORCPT=rfc822;b+2Bb@x.example\r\n",
+        ),
         (ClientData(), b"DATA\r\n"),
         (ClientRset(), b"RSET\r\n"),
         (ClientNoop(), b"NOOP\r\n"),
@@ -307,6 +314,21 @@ def test_sent_commands_render_the_same() -> None:
     assert conn.send(mail) == "MAIL FROM:<j\u00f6rg@x.example> SMTPUTF8 RET=FULL\r\n".encode()
 
 
+def test_dsn_parameters_are_sent_when_dsn_is_offered() -> None:
+    """RFC 3461 §4: RET and ENVID on MAIL, NOTIFY and ORCPT on RCPT."""
+    conn = greeted(session("250-mx.example", "250-PIPELINING", "250 DSN"))
+    assert conn.dsn
+    mail = ClientMail(NULL_PATH, dsn_mail_parameters("HDRS", "id+1"))
+    rcpt = ClientRcpt(
+        Mailbox("bob", "mx.example"),
+        dsn_rcpt_parameters(DSNOptions(frozenset({"SUCCESS"}), "rfc822;b=b@x.example")),
+    )
+    assert conn.send(mail) + conn.send(rcpt) == (
+        b"MAIL FROM:<> RET=HDRS ENVID=id+2B1\r\n"
+        b"RCPT TO:<bob@mx.example> NOTIFY=SUCCESS ORCPT=rfc822;b+3Db@x.example\r\n"
+    )
+
+
 @pytest.mark.parametrize(
     "build",
     [
@@ -328,6 +350,17 @@ def test_sent_commands_render_the_same() -> None:
         # RFC 6531 §3.4: a non-ASCII sender needs SMTPUTF8.
         lambda: ClientMail(Mailbox("j\u00f6rg", "x.example")),
         lambda: ClientRcpt(Mailbox("bob", "mx.example"), {"NOTIFY": "a b"}),
+        # RFC 3461 §4: what a server would refuse with 501.
+        lambda: ClientMail(NULL_PATH, {"RET": "ALL"}),
+        lambda: ClientMail(NULL_PATH, {"RET": None}),
+        lambda: ClientMail(NULL_PATH, {"ENVID": "a+2"}),
+        lambda: ClientMail(NULL_PATH, {"ENVID": "a+0Ab"}),
+        lambda: ClientMail(NULL_PATH, {"ENVID": "e" * 101}),
+        lambda: ClientRcpt(Mailbox("bob", "mx.example"), {"NOTIFY": "NEVER,DELAY"}),
+        lambda: ClientRcpt(Mailbox("bob", "mx.example"), {"NOTIFY": "DELAY,DELAY"}),
+        lambda: ClientRcpt(Mailbox("bob", "mx.example"), {"NOTIFY": None}),
+        lambda: ClientRcpt(Mailbox("bob", "mx.example"), {"ORCPT": "bob@mx.example"}),
+        lambda: ClientRcpt(Mailbox("bob", "mx.example"), {"ORCPT": "rfc822;a+0Db"}),
         lambda: ClientBdat(-1),
         lambda: ClientAuth("PLAIN PLAIN"),
         lambda: ClientAuth(""),

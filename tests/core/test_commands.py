@@ -122,7 +122,9 @@ def test_smtputf8_allows_utf8_addresses() -> None:
 
 def test_quoted_local_part_with_brackets_and_spaces() -> None:
     rcpt = parse_command(b'RCPT TO:<"a > b \\" c"@d.example> NOTIFY=NEVER', ESMTP | {"DSN"})
-    assert rcpt == Rcpt(Mailbox('a > b " c', "d.example"), (("NOTIFY", "NEVER"),))
+    assert rcpt == Rcpt(
+        Mailbox('a > b " c', "d.example"), (("NOTIFY", "NEVER"),), frozenset({"NEVER"})
+    )
 
 
 OFFERED = ESMTP | {"STARTTLS", "AUTH", "CHUNKING"}

@@ -29,7 +29,8 @@ from tests.core.helpers import GREETING, check, run, session, split
 
 EHLO = "EHLO client.example"
 TOO_LONG = b"500 5.5.2 Error: line too long\r\n"
-LIMIT = COMMAND_LINE + SIZE_MAIL_EXTRA
+#: The default line limit: SIZE and DSN are advertised.
+LIMIT = COMMAND_LINE + max(SIZE_MAIL_EXTRA + DSN_MAIL_EXTRA, DSN_RCPT_EXTRA)
 
 
 def mail_line(length: int) -> bytes:
@@ -45,14 +46,18 @@ def mail_line(length: int) -> bytes:
 
 
 def test_line_limit_values() -> None:
-    assert LIMIT == 538
+    assert LIMIT == 1012
     assert ServerConnection("mx.example").line_limit == LIMIT
-    dsn = ServerConnection("mx.example", extensions=("DSN",))
-    assert dsn.line_limit == COMMAND_LINE + max(SIZE_MAIL_EXTRA + DSN_MAIL_EXTRA, DSN_RCPT_EXTRA)
+    # DSN is advertised once, however often it is asked for.
+    assert ServerConnection("mx.example", extensions=("DSN",)).line_limit == LIMIT
+    without_dsn = ServerConnection("mx.example", dsn=False)
+    assert without_dsn.line_limit == COMMAND_LINE + SIZE_MAIL_EXTRA == 538
     auth = ServerConnection("mx.example", extensions=("AUTH PLAIN LOGIN",))
-    assert auth.line_limit == LIMIT + AUTH_MAIL_EXTRA
+    assert auth.line_limit == COMMAND_LINE + SIZE_MAIL_EXTRA + DSN_MAIL_EXTRA + AUTH_MAIL_EXTRA
+    without_dsn = ServerConnection("mx.example", extensions=("AUTH PLAIN",), dsn=False)
+    assert without_dsn.line_limit == COMMAND_LINE + SIZE_MAIL_EXTRA + AUTH_MAIL_EXTRA
     wider = ServerConnection("mx.example", Limits(command_line=1000))
-    assert wider.line_limit == 1000 + SIZE_MAIL_EXTRA
+    assert wider.line_limit == 1000 + DSN_RCPT_EXTRA
     with pytest.raises(ValueError, match="command_line"):
         Limits(command_line=511)
 

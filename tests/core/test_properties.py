@@ -147,6 +147,10 @@ EXTENDED_LINES = [
     b"BDAT 4 LAST\r\n.\r\n",
     b"BDAT x\r\n",
     b"MAIL FROM:<> AUTH=<>\r\n",
+    b"MAIL FROM:<> RET=HDRS ENVID=a+2Bb\r\n",
+    b"MAIL FROM:<> ENVID=a+0Ab\r\n",
+    b"RCPT TO:<bob@mx.example> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;bob+40x\r\n",
+    b"RCPT TO:<bob@mx.example> NOTIFY=NEVER,DELAY\r\n",
 ]
 
 

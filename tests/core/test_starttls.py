@@ -246,7 +246,7 @@ def test_extensions_change_once_tls_is_up() -> None:
 
 
 def test_set_extensions() -> None:
-    conn = ServerConnection("mx.example", Limits(), ("STARTTLS",))
+    conn = ServerConnection("mx.example", Limits(), ("STARTTLS",), dsn=False)
     base = conn.line_limit
     conn.set_extensions(("STARTTLS", "AUTH PLAIN"))
     assert conn.advertised >= {"STARTTLS", "AUTH"}

@@ -98,8 +98,12 @@ def test_no_options(tmp_path: pathlib.Path, default_server: subprocess.Popen[byt
     assert message.startswith(
         b"Return-Path: <someone@example.org>\nDelivered-To: alice@localhost\n")
     assert message.endswith(b"\nSubject: defaults\n\nhello alice\n")
-    assert (tmp_path / "mailframe-queue" / "queue").is_dir()
-    assert (tmp_path / "mailframe-queue" / "tmp").is_dir()
+    # The spool's layout, and nothing of the message left in it.
+    spool = tmp_path / "mailframe-queue"
+    for name in ("tmp", "incoming", "active", "deferred", "hold", "corrupt", "env"):
+        assert (spool / name).is_dir(), name
+    wait_until(lambda: not any(os.listdir(spool / name) for name in ("incoming", "active")),
+               30, f"no entry left in {spool}")
     default_server.send_signal(signal.SIGTERM)
     assert default_server.wait(30) in (0, -signal.SIGTERM)
 

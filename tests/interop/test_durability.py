@@ -8,9 +8,12 @@ system calls: for every message acknowledged with ``250 ... queued as ID``,
 before the socket write of that reply began,
 
 - ``fsync`` of the message's own file (``ID.msg``, which ends with the
-  entry's envelope) returned;
-- an ``fsync`` of the spool's ``queue/`` directory that started after the
-  entry's last rename into ``queue/`` returned;
+  entry's envelope) returned, and before its rename began, so that a name
+  in ``incoming/`` never stands for a partial file;
+- the entry was renamed from ``tmp/`` into the spool's ``incoming/``
+  directory, once, and that rename returned;
+- an ``fsync`` of ``incoming/`` that started after that rename returned
+  (an ``fsync`` that started before it need not cover the new name);
 
 and every ``fsync`` ran on a thread other than the reactor's.
 
@@ -187,12 +190,12 @@ def test_acknowledged_only_when_durable(tmp_path: pathlib.Path) -> None:
     main = next(c.pid for c in calls if c.name == "execve" and c.ok)
     assert main == twistd
     covering, dir_syncs, fsyncs = check_trace(
-        calls, ids, main, os.path.realpath(server.queue / "queue"),
+        calls, ids, main, os.path.realpath(server.queue / "incoming"),
         os.path.realpath(server.queue / "tmp"))
     per_message = covering / MESSAGES
-    print(f"\n{covering} directory fsyncs of queue/ made {MESSAGES} messages durable"
-          f" ({per_message:.2f} per message); {dir_syncs} of queue/ in all, with"
-          f" removals after delivery; {fsyncs} fsyncs in all")
+    print(f"\n{covering} directory fsyncs of incoming/ made {MESSAGES} messages durable"
+          f" ({per_message:.2f} per message); {dir_syncs} of incoming/ in all;"
+          f" {fsyncs} fsyncs in all")
     # Group commit: concurrent sessions share directory fsyncs.
     assert per_message < 1, "every message paid for a directory fsync of its own"
 
@@ -203,6 +206,8 @@ def check_trace(
     """
     Assert the order of the module's docstring for every queue id in *ids*.
 
+    :param queue_dir: the directory a commit renames the entry into
+        (``incoming/``), as the trace names it.
     :return: how many directory fsyncs of *queue_dir* covered the commits,
         how many there were in all, and how many fsyncs in all.
     """
@@ -221,23 +226,24 @@ def check_trace(
         acks = [c for c in socket_writes if f"queued as {queue_id}\\r\\n" in c.args]
         assert len(acks) == 1, f"{queue_id}: {len(acks)} socket writes of its 250"
         ack = acks[0]
-        for suffix in (".msg",):
-            own = [c for c in fsyncs if c.ok and c.end is not None and c.fd_path in (
-                f"{tmp_dir}/{queue_id}{suffix}", f"{queue_dir}/{queue_id}{suffix}")]
-            assert own, f"{queue_id}{suffix} was never fsynced"
-            assert min(c.end for c in own if c.end is not None) < ack.start, (
-                f"{queue_id}{suffix}: fsync returned after the 250 was written")
         into_queue = [c for c in renames if c.paths()
                       and c.paths()[-1].startswith(f"{queue_dir}/{queue_id}.")]
-        assert {c.paths()[-1] for c in into_queue} == {f"{queue_dir}/{queue_id}.msg"}, into_queue
-        last_rename = max(c.end for c in into_queue if c.end is not None)
-        assert last_rename < ack.start, f"{queue_id}: renamed after its 250"
-        syncs = [c for c in dir_syncs if c.start > last_rename]
-        assert syncs, f"{queue_id}: no fsync of {queue_dir} after its renames"
+        assert [c.paths() for c in into_queue] == [
+            [f"{tmp_dir}/{queue_id}.msg", f"{queue_dir}/{queue_id}.msg"]], into_queue
+        rename = into_queue[0]
+        assert rename.end is not None and rename.end < ack.start, (
+            f"{queue_id}: renamed after its 250")
+        own = [c for c in fsyncs if c.ok and c.end is not None and c.fd_path in (
+            f"{tmp_dir}/{queue_id}.msg", f"{queue_dir}/{queue_id}.msg")]
+        assert own, f"{queue_id}.msg was never fsynced"
+        assert min(c.end for c in own if c.end is not None) < rename.start, (
+            f"{queue_id}.msg: renamed into {queue_dir} before its fsync returned")
+        syncs = [c for c in dir_syncs if c.start > rename.end]
+        assert syncs, f"{queue_id}: no fsync of {queue_dir} after its rename"
         first = min(syncs, key=lambda c: c.start)
         assert first.end is not None and first.end < ack.start, (
             f"{queue_id}: 250 written (line {ack.start + 1}) before the fsync of {queue_dir}"
-            f" that covers its renames returned (line {(first.end or 0) + 1})")
+            f" that covers its rename returned (line {(first.end or 0) + 1})")
         covering.add(first.start)
     return len(covering), len(dir_syncs), len(fsyncs)
 
@@ -248,8 +254,8 @@ _SYNTHETIC = """\
 100 10:00:00.000000 execve("/venv/bin/twistd", ["twistd"], 0x1 /* 1 vars */) = 0
 101 10:00:00.000010 fsync(7</q/tmp/ID1.msg>) = 0
 101 10:00:00.000020 close(7</q/tmp/ID1.msg>) = 0
-101 10:00:00.000030 rename("/q/tmp/ID1.msg", "/q/queue/ID1.msg") = 0
-{early}101 10:00:00.000050 fsync(7</q/queue> <unfinished ...>
+101 10:00:00.000030 rename("/q/tmp/ID1.msg", "/q/incoming/ID1.msg") = 0
+{early}101 10:00:00.000050 fsync(7</q/incoming> <unfinished ...>
 100 10:00:00.000055 write(9<TCP:[127.0.0.1:25->127.0.0.1:4000]>, "250 2.1.5 OK\\r\\n", 14) = 14
 {ack}101 10:00:00.000060 <... fsync resumed>) = 0
 {late}"""
@@ -265,7 +271,7 @@ def test_the_trace_check_itself(where: str, good: bool) -> None:
     calls = parse_trace(text)
 
     def check() -> tuple[int, int, int]:
-        return check_trace(calls, ["ID1"], 100, "/q/queue", "/q/tmp")
+        return check_trace(calls, ["ID1"], 100, "/q/incoming", "/q/tmp")
 
     if good:
         assert check() == (1, 1, 2)
@@ -275,4 +281,31 @@ def test_the_trace_check_itself(where: str, good: bool) -> None:
     # An fsync on the reactor thread fails the check too.
     with pytest.raises(AssertionError, match="reactor thread"):
         check_trace(parse_trace(text.replace("101 10:00:00.000010", "100 10:00:00.000010")),
-                    ["ID1"], 100, "/q/queue", "/q/tmp")
+                    ["ID1"], 100, "/q/incoming", "/q/tmp")
+
+
+_SYNC_BEFORE_RENAME = _SYNTHETIC.replace(
+    '101 10:00:00.000030 rename("/q/tmp/ID1.msg", "/q/incoming/ID1.msg") = 0\n'
+    "{early}101 10:00:00.000050 fsync(7</q/incoming> <unfinished ...>\n",
+    "101 10:00:00.000050 fsync(7</q/incoming> <unfinished ...>\n"
+    '102 10:00:00.000051 rename("/q/tmp/ID1.msg", "/q/incoming/ID1.msg") = 0\n{early}',
+)
+_RENAME_BEFORE_FSYNC = _SYNTHETIC.replace(
+    "101 10:00:00.000010 fsync(7</q/tmp/ID1.msg>) = 0\n", ""
+).replace("{early}", "{early}101 10:00:00.000040 fsync(7</q/incoming/ID1.msg>) = 0\n")
+
+
+@pytest.mark.parametrize(
+    ("trace", "problem"),
+    [(_SYNC_BEFORE_RENAME, "no fsync of /q/incoming after its rename"),
+     (_RENAME_BEFORE_FSYNC, "before its fsync returned")],
+)
+def test_the_trace_check_wants_the_order(trace: str, problem: str) -> None:
+    """
+    A directory fsync that began before the rename does not cover it, and
+    the message file is fsynced before it is renamed, whatever the 250.
+    """
+    text = trace.format(early="", ack="", late=_ACK)
+    assert _SYNTHETIC.format(early="", ack="", late=_ACK) != text
+    with pytest.raises(AssertionError, match=problem):
+        check_trace(parse_trace(text), ["ID1"], 100, "/q/incoming", "/q/tmp")

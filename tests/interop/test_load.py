@@ -10,6 +10,7 @@ a Maildir of its own.
 from __future__ import annotations
 
 import os
+import pathlib
 import re
 import subprocess
 import time
@@ -23,6 +24,16 @@ pytestmark = pytest.mark.interop
 SESSIONS = 10
 MESSAGES = 200
 LENGTH = 1024
+
+
+#: The spool's directories that hold entries and their delivery state.
+SPOOL_ENTRY_DIRS = ("incoming", "active", "deferred", "hold", "corrupt", "env")
+
+
+def spooled(spool: pathlib.Path) -> list[str]:
+    """Every file left in the spool's entry directories, as ``directory/name``."""
+    return [f"{d}/{name}" for d in SPOOL_ENTRY_DIRS if (spool / d).is_dir()
+            for name in sorted(os.listdir(spool / d))]
 
 
 def test_smtp_source(server: Server) -> None:
@@ -59,7 +70,7 @@ def test_smtp_source(server: Server) -> None:
     # removed from the queue once delivered.
     queued = set(re.findall(r"Ok: queued as (\S+)", server.log()))
     assert len(queued) == MESSAGES
-    queue = server.queue / "queue"
-    wait_until(lambda: not os.listdir(queue), 60, f"{queue} empty: {os.listdir(queue)[:5]}")
+    wait_until(lambda: not spooled(server.queue), 60,
+               f"an empty spool: {spooled(server.queue)[:5]}")
     assert os.listdir(server.queue / "tmp") == []
     print(f"\nsmtp-source sent {MESSAGES} messages in {sent_in:.2f} s")

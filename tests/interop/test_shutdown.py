@@ -30,6 +30,16 @@ pytestmark = pytest.mark.interop
 GRACE = 2.0
 
 
+#: The spool's directories that hold entries and their delivery state.
+SPOOL_ENTRY_DIRS = ("incoming", "active", "deferred", "hold", "corrupt", "env")
+
+
+def spooled(spool: pathlib.Path) -> list[str]:
+    """Every file left in the spool's entry directories, as ``directory/name``."""
+    return [f"{d}/{name}" for d in SPOOL_ENTRY_DIRS if (spool / d).is_dir()
+            for name in sorted(os.listdir(spool / d))]
+
+
 def refused(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
@@ -117,8 +127,8 @@ def test_sigterm(tmp_path: pathlib.Path) -> None:
             assert all(b"\nSubject: " + subject + b"\n" in m for m in messages)
         for late in again.delivered("late"):
             assert late.endswith(b"\n\nsent before SIGTERM,\nand finished after it.\n")
-        queue = again.queue / "queue"
-        wait_until(lambda: not os.listdir(queue), 30, f"{queue} empty")
+        wait_until(lambda: not spooled(again.queue), 30,
+                   f"an empty spool: {spooled(again.queue)}")
         assert os.listdir(again.queue / "tmp") == []
         log = (tmp_path / "first.log").read_text() + again.log()
         assert len(set(re.findall(r"Ok: queued as (\S+)", log))) == 2

@@ -124,7 +124,7 @@ def test_unknown_mail_parameter_gets_555(server: Server) -> None:
         code, text = client.command(b"RCPT TO:<alice@example.com>")
         assert code == 503, text  # no transaction was started
         assert client.command(b"MAIL FROM:<sender@example.org> SIZE=10 BODY=7BIT")[0] == 250
-        code, text = client.command(b"RCPT TO:<alice@example.com> NOTIFY=NEVER")
+        code, text = client.command(b"RCPT TO:<alice@example.com> X-NOTIFY=NEVER")
         assert (code, text[:10]) == (555, b"555 5.5.4 "), text
         assert client.command(b"QUIT")[0] == 221
         assert client.at_eof()

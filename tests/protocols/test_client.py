@@ -20,7 +20,7 @@ from zope.interface import implementer
 
 from mailframe.address import NULL_PATH, Mailbox
 from mailframe.core import ClientLimits
-from mailframe.envelope import BodyType, DeliveryStatus, RecipientResult
+from mailframe.envelope import BodyType, DeliveryStatus, DSNOptions, Handoff, RecipientResult
 from mailframe.protocols.client import (
     ClientSettings,
     ConnectionUnusable,
@@ -152,7 +152,8 @@ class SessionTests(SynchronousTestCase):
                             Reply(550, "5.1.1", "<bob@mx.example>: no such user"),
                             remote="mx.example"),
             RecipientResult(CAROL, DeliveryStatus.DELIVERED,
-                            Reply(250, "2.0.0", "Ok: queued as 123"), remote="mx.example"),
+                            Reply(250, "2.0.0", "Ok: queued as 123"), remote="mx.example",
+                            handoff=Handoff.RELAYED),
         ])
 
     def test_without_pipelining_one_command_at_a_time(self) -> None:
@@ -414,6 +415,49 @@ class RuleTests(SynchronousTestCase):
         session = ready("250-mx.example", "250-PIPELINING", "250 AUTH PLAIN")
         session.protocol.deliver(transaction(BOB, auth="<>", sender=NULL_PATH))
         self.assertEqual(session.lines()[0], "MAIL FROM:<> AUTH=<>")
+
+    def test_dsn_parameters_to_a_server_that_offers_dsn(self) -> None:
+        """RFC 3461 §4: RET and ENVID on MAIL, NOTIFY and ORCPT on each RCPT."""
+        session = ready("250-mx.example", "250-PIPELINING", "250 DSN")
+        d = session.protocol.deliver(transaction(
+            BOB, CAROL, JOERG, ret="HDRS", envid="id+1 x",
+            dsn=[DSNOptions(frozenset({"FAILURE", "SUCCESS"}), "rfc822;bob=b@mx.example"),
+                 DSNOptions(), DSNOptions(frozenset({"NEVER"}))]))
+        # No SMTPUTF8: jörg is refused before anything is sent for him.
+        self.assertEqual(session.lines(), [
+            "MAIL FROM:<alice@client.example> RET=HDRS ENVID=id+2B1+20x",
+            "RCPT TO:<bob@mx.example> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;bob+3Db@mx.example",
+            "RCPT TO:<carol@mx.example>",
+            "DATA",
+        ])
+        session.server("250 OK", "250 OK", "250 OK", "354 Go")
+        session.sent()
+        session.server("250 OK")
+        results = self.successResultOf(d)
+        self.assertEqual([(r.status, r.handoff) for r in results], [
+            (DeliveryStatus.DELIVERED, Handoff.PASSED_ON),
+            (DeliveryStatus.DELIVERED, Handoff.PASSED_ON),
+            (DeliveryStatus.PERMANENT, Handoff.DELIVERED),
+        ])
+
+    def test_no_dsn_parameters_to_a_server_without_dsn(self) -> None:
+        """RFC 3461 §5.2.2: the parameters are left out; the mail is relayed."""
+        session = ready()
+        d = session.protocol.deliver(transaction(
+            BOB, ret="FULL", envid="x", dsn=[DSNOptions(frozenset({"SUCCESS"}), "rfc822;b@x")]))
+        self.assertEqual(session.lines(), [
+            "MAIL FROM:<alice@client.example> SIZE=34", "RCPT TO:<bob@mx.example>", "DATA"])
+        session.server("250 OK", "250 OK", "354 Go")
+        session.sent()
+        session.server("250 OK")
+        [result] = self.successResultOf(d)
+        self.assertEqual((result.status, result.handoff),
+                         (DeliveryStatus.DELIVERED, Handoff.RELAYED))
+
+    def test_dsn_options_for_each_recipient(self) -> None:
+        with self.assertRaises(ValueError):
+            transaction(BOB, CAROL, dsn=[DSNOptions()])
+        self.assertEqual(transaction(BOB).dsn_options(0), DSNOptions())
 
     def test_xtext(self) -> None:
         self.assertEqual(xtext("a b+c=d\u00e9"), "a+20b+2Bc+3Dd+C3+A9")

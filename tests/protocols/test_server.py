@@ -253,7 +253,7 @@ class PipeliningTests(SynchronousTestCase):
             b"EHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<one@example.com>\r\n"
             b"RCPT TO:<two@example.com>\r\nNOOP\r\n"
         )
-        self.assertEqual(len(take(transport)), 8)  # EHLO reply (7 lines) + MAIL reply
+        self.assertEqual(len(take(transport)), 9)  # EHLO reply (8 lines) + MAIL reply
         pending["one"].callback(Verdict.reject(550, "5.1.1", "no one"))
         self.assertEqual(take(transport), ["550 5.1.1 no one"])
         pending["two"].callback(Verdict())
@@ -298,7 +298,113 @@ class PipeliningTests(SynchronousTestCase):
                 self.assertEqual(entries, [])
             else:
                 self.assertEqual(entries[0].state.value, "hold")
+                self.assertEqual(entries[0].reason, "held by policy")
                 self.assertEqual(entries[0].envelope.added_headers, ("X-Checked: yes",))
+
+
+DSN_SESSION = (
+    b"EHLO client.example\r\n"
+    b"MAIL FROM:<sender@example.org> RET=hdrs ENVID=abc+2Bdef\r\n"
+    b"RCPT TO:<alice@example.com> NOTIFY=success,FAILURE ORCPT=rfc822;Alice+2B1@example.com\r\n"
+    b"RCPT TO:<bob@example.com>\r\n"
+    b"RCPT TO:<carol@example.com> NOTIFY=NEVER\r\n"
+    b"DATA\r\n"
+    b"Subject: hi\r\n\r\nbody\r\n.\r\n"
+    b"QUIT\r\n"
+)
+
+
+class DSNTests(SynchronousTestCase):
+    """RFC 3461: DSN is offered, and its parameters end up in the envelope."""
+
+    def committed(self, factory: SMTPServerFactory, store: Any, chunks: list[bytes]) -> Any:
+        protocol, transport = connect(factory)
+        take(transport)
+        for chunk in chunks:
+            protocol.dataReceived(chunk)
+        lines = take(transport)
+        self.assertIn("250-DSN", lines)
+        queued = [line for line in lines if "queued as" in line]
+        self.assertEqual(len(queued), 1, lines)
+        entry = self.successResultOf(store.get(queued[0].rsplit(" ", 1)[1]))
+        return entry.envelope
+
+    def test_parameters_are_in_the_committed_envelope(self) -> None:
+        from mailframe.address import Mailbox
+        from mailframe.envelope import DSNOptions
+
+        alice = Mailbox("alice", "example.com")
+        for chunks in ([DSN_SESSION],
+                       [DSN_SESSION[i : i + 1] for i in range(len(DSN_SESSION))]):
+            factory, store, _ = make_factory()
+            envelope = self.committed(factory, store, chunks)
+            self.assertEqual((envelope.ret, envelope.envid), ("HDRS", "abc+def"))
+            # Only the recipients that gave NOTIFY or ORCPT.
+            self.assertEqual(envelope.dsn, (
+                (alice, DSNOptions(frozenset({"SUCCESS", "FAILURE"}),
+                                   "rfc822;Alice+1@example.com")),
+                (Mailbox("carol", "example.com"), DSNOptions(frozenset({"NEVER"}))),
+            ))
+            self.assertEqual(envelope.dsn_options(alice).orcpt, "rfc822;Alice+1@example.com")
+            self.assertEqual(envelope.dsn_options(Mailbox("bob", "example.com")), DSNOptions())
+
+    def test_without_parameters_the_envelope_has_none(self) -> None:
+        factory, store, _ = make_factory()
+        envelope = self.committed(factory, store, [SESSION])
+        self.assertEqual((envelope.ret, envelope.envid, envelope.dsn), (None, None, ()))
+
+    def test_with_bdat(self) -> None:
+        factory, store, _ = make_factory()
+        body = b"Subject: hi\r\n\r\nbody\r\n"
+        session = DSN_SESSION.split(b"DATA\r\n")[0] + b"BDAT %d LAST\r\n%sQUIT\r\n" % (
+            len(body), body)
+        envelope = self.committed(factory, store, [session])
+        self.assertEqual((envelope.ret, envelope.envid), ("HDRS", "abc+def"))
+        self.assertEqual(len(envelope.dsn), 2)
+
+    def test_policies_see_the_parameters_as_sent(self) -> None:
+        policy = RecordingPolicy()
+        factory, store, _ = make_factory([policy])
+        self.committed(factory, store, [DSN_SESSION])
+        mail = [args for hook, args in policy.calls if hook == "mail"]
+        rcpt = [args for hook, args in policy.calls if hook == "rcpt"]
+        self.assertEqual(mail[0][2], {"RET": "hdrs", "ENVID": "abc+2Bdef"})
+        self.assertEqual(rcpt[0][3], {"NOTIFY": "success,FAILURE",
+                                      "ORCPT": "rfc822;Alice+2B1@example.com"})
+
+    def test_malformed_parameters_get_501(self) -> None:
+        factory, _, _ = make_factory()
+        protocol, transport = connect(factory)
+        take(transport)
+        protocol.dataReceived(
+            b"EHLO c\r\n"
+            b"MAIL FROM:<a@example.org> RET=ALL\r\n"
+            b"MAIL FROM:<a@example.org> ENVID=a+0D+0Ab\r\n"
+            b"MAIL FROM:<a@example.org>\r\n"
+            b"RCPT TO:<alice@example.com> NOTIFY=NEVER,SUCCESS\r\n"
+            b"RCPT TO:<alice@example.com> ORCPT=alice@example.com\r\n"
+            b"RCPT TO:<alice@example.com> NOTIFY=DELAY NOTIFY=DELAY\r\n"
+            b"RCPT TO:<alice@example.com> XNOTIFY=DELAY\r\n"
+        )
+        self.assertEqual(take(transport)[-7:], [
+            "501 5.5.4 Bad RET parameter",
+            "501 5.5.4 Bad ENVID parameter",
+            "250 2.1.0 OK",
+            "501 5.5.4 Bad NOTIFY parameter",
+            "501 5.5.4 Bad ORCPT parameter",
+            "501 5.5.4 Duplicate parameter: NOTIFY",
+            "555 5.5.4 Unsupported RCPT parameter: XNOTIFY",
+        ])
+
+    def test_dsn_can_be_turned_off(self) -> None:
+        factory, _, _ = make_factory(dsn=False)
+        protocol, transport = connect(factory)
+        take(transport)
+        protocol.dataReceived(b"EHLO c\r\nMAIL FROM:<a@example.org> RET=FULL\r\n")
+        lines = take(transport)
+        self.assertNotIn("250-DSN", lines)
+        self.assertNotIn("250 DSN", lines)
+        self.assertEqual(lines[-1], "555 5.5.4 Unsupported MAIL parameter: RET")
 
 
 class LimitsTests(SynchronousTestCase):

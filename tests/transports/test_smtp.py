@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
@@ -28,7 +29,9 @@ from mailframe.address import Mailbox
 from mailframe.envelope import (
     BodyType,
     DeliveryStatus,
+    DSNOptions,
     Envelope,
+    Handoff,
     QueueEntry,
     RecipientResult,
     Route,
@@ -397,6 +400,69 @@ class DeliveryTests(SynchronousTestCase):
         harness = Harness(self)
         route = Route("smtp", reject=Reply(550, "5.7.1", "No"))
         self.assertEqual(codes(harness.deliver(harness.queue(), route)), [("permanent", 550)])
+
+
+class DSNTests(SynchronousTestCase):
+    """RFC 3461 §5.2: the DSN parameters go on to a next hop that offers DSN."""
+
+    BOB_OPTIONS = DSNOptions(frozenset({"SUCCESS", "FAILURE"}), "rfc822;Bob+1=x@example.org")
+
+    def queue_with_dsn(self, harness: Harness) -> QueueEntry:
+        bob = Mailbox("bob", "example.org")
+        return harness.queue("bob@example.org", "carol@example.org", "dave@example.org",
+                             ret="HDRS", envid="env id+1",
+                             dsn=((bob, self.BOB_OPTIONS),
+                                  (Mailbox("dave", "example.org"),
+                                   DSNOptions(frozenset({"NEVER"})))))
+
+    def test_parameters_are_passed_on(self) -> None:
+        harness = Harness(self, tls="none")
+        server = MailServer(harness.network, "192.0.2.1")
+        entry = self.queue_with_dsn(harness)
+        results = harness.deliver(entry, MX)
+        self.assertEqual(codes(results), [("delivered", 250)] * 3)
+        self.assertEqual({r.handoff for r in results}, {Handoff.PASSED_ON})
+        [(env, _)] = server.messages()
+        # What the next hop received is what the envelope had.
+        self.assertEqual((env.ret, env.envid), ("HDRS", "env id+1"))
+        self.assertEqual(env.dsn, entry.envelope.dsn)
+
+    def test_nothing_to_a_next_hop_without_dsn(self) -> None:
+        harness = Harness(self, tls="none")
+        server = MailServer(harness.network, "192.0.2.1", dsn=False)
+        results = harness.deliver(self.queue_with_dsn(harness), MX)
+        self.assertEqual(codes(results), [("delivered", 250)] * 3)
+        self.assertEqual({r.handoff for r in results}, {Handoff.RELAYED})
+        [(env, _)] = server.messages()
+        self.assertEqual((env.ret, env.envid, env.dsn), (None, None, ()))
+
+    def test_orcpt_names_the_original_when_the_router_changed_the_address(self) -> None:
+        harness = Harness(self, tls="none")
+        server = MailServer(harness.network, "192.0.2.1")
+        entry = self.queue_with_dsn(harness)
+        bob, carol, dave = entry.envelope.recipients
+        joerg = Mailbox("j\u00f6rg", "example.org")
+        entry = attrs.evolve(entry, envelope=attrs.evolve(
+            entry.envelope, recipients=(bob, carol, dave, joerg)))
+        expanded = [Mailbox(name, "example.org") for name in ("b1", "c1", "d1", "j1")]
+        pairs = [*zip(expanded, [bob, carol, dave, joerg], strict=True), (carol, carol)]
+        d = harness.transport.deliver(entry, pairs, MX)
+        harness.network.run()
+        results = self.successResultOf(d)
+        self.assertEqual(codes(results), [("delivered", 250)] * 5)
+        self.assertEqual([r.original for r in results], [bob, carol, dave, joerg, carol])
+        [(env, _)] = server.messages()
+        self.assertEqual(env.dsn, (
+            # ORCPT as the original recipient gave it.
+            (expanded[0], self.BOB_OPTIONS),
+            # None given: ORCPT names the envelope's recipient (RFC 3461
+            # §5.2.1), in utf-8-addr-xtext when it is not ASCII (RFC 6533).
+            (expanded[1], DSNOptions(orcpt="rfc822;carol@example.org")),
+            (expanded[2], DSNOptions(frozenset({"NEVER"}), "rfc822;dave@example.org")),
+            (expanded[3], DSNOptions(orcpt="utf-8;j\\x{F6}rg@example.org")),
+            # Not changed by the router, and no options: nothing.
+        ))
+        self.assertFalse(env.smtputf8)
 
 
 class HostTests(SynchronousTestCase):
