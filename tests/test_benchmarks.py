@@ -1,7 +1,9 @@
 """
-The client benchmark (benchmarks/client_throughput.py) runs: a tiny run
-against a real smtp-sink exits 0 and prints a table with both clients. It
-says nothing about speed.
+The benchmarks run: a tiny run of the client benchmark
+(benchmarks/client_throughput.py) against a real smtp-sink exits 0 and
+prints a table with both clients, and a run of the queue benchmark
+(benchmarks/queue_scale.py) on 500 entries exits 0 and prints every row.
+They say nothing about speed.
 """
 
 from __future__ import annotations
@@ -68,3 +70,47 @@ def test_tiny_run_prints_both_clients(tmp_path: pathlib.Path) -> None:
         assert run["sent"] == 50, run
         assert run["sink_messages"] == 50, run
         assert run["cpu_us_per_msg"] > 0, run
+
+
+QUEUE_SCALE = REPO / "benchmarks" / "queue_scale.py"
+#: The rows that the queue benchmark's table has, each with a cell per spool.
+QUEUE_ROWS = (
+    "entries",
+    "recover() (s)",
+    "recover() peak RSS growth (MiB)",
+    "queue stats (s)",
+    "queue stats peak RSS (MiB)",
+    "queue list --json (s)",
+    "queue list --json lines",
+    "queue list --json peak RSS (MiB)",
+    "due-scan: due entries claimed",
+    "due-scan: first claim (ms)",
+    "due-scan: all claims (s)",
+)
+
+
+def test_queue_scale_small_run(tmp_path: pathlib.Path) -> None:
+    """
+    The queue benchmark (benchmarks/queue_scale.py) on 500 entries: it exits 0,
+    and its table lists and claims what it generated, on the three spools.
+    """
+    out = tmp_path / "results.json"
+    result = subprocess.run(
+        [sys.executable, str(QUEUE_SCALE), "--count", "500", "--json", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    found = {}
+    for line in result.stdout.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 4:
+            found[cells[0]] = cells[1:]
+    for row in QUEUE_ROWS:
+        assert row in found, (row, result.stdout)
+    assert found["entries"] == ["0", "50", "500"], result.stdout
+    assert found["queue list --json lines"] == ["0", "50", "500"], result.stdout
+    # 1% due by default.
+    assert found["due-scan: due entries claimed"] == ["0", "0", "5"], result.stdout
+    saved = json.loads(out.read_text(encoding="utf-8"))
+    assert saved["failure"] is None
+    assert [s["recovered"] for s in saved["spools"]] == [0, 50, 500]

@@ -107,6 +107,10 @@ FREE_SPACE_INTERVAL = 1.0
 WRITE_CHUNK = 64 * 1024
 #: Seconds between looks at the ``trigger`` file, while a server watches it.
 TRIGGER_INTERVAL = 1.0
+#: Pages of names that one scan of the state directories finds for
+#: :meth:`SpoolQueueStore.list`, so that paging through a large queue scans
+#: the directories once for this many pages, in bounded memory.
+LIST_WINDOW = 20
 #: Entries committed by this process whose envelopes stay in memory until
 #: they are claimed, so that a claim of new mail reads no file.
 CACHED_ENTRIES = 10_000
@@ -194,6 +198,16 @@ class _Found:
     size: int = 0
 
 
+@attrs.frozen
+class _Ahead:
+    """The names that the last scan for a page of :meth:`SpoolQueueStore.list` found beyond it."""
+
+    states: tuple[EntryState, ...]
+    after: str
+    names: list[str]
+    complete: bool
+
+
 @attrs.define
 class _Scan:
     """What recovery found, gathered in a thread and reported on the reactor."""
@@ -272,6 +286,7 @@ class SpoolQueueStore:
         self._watch: IDelayedCall | None = None
         self._trigger_seen = 0
         self._rescanning = False
+        self._ahead: _Ahead | None = None
         self._rescan_again = False
         # While a rescan runs: the entries whose index this process changed
         # since it started, which the scan may have seen as they were before.
@@ -1051,14 +1066,36 @@ class SpoolQueueStore:
                     if start is None or queue_id > start:
                         yield queue_id
 
-        # Only the names of one page are kept, whatever the queue's size.
+        def names_after(start: str | None, count: int) -> list[str]:
+            with self._lock:
+                ahead, self._ahead = self._ahead, None
+            if (
+                ahead is not None
+                and ahead.states == states
+                and ahead.after == start
+                and (len(ahead.names) >= count or ahead.complete)
+            ):
+                scanned, complete = ahead.names, ahead.complete
+            else:
+                window = count * LIST_WINDOW
+                nearest = heapq.nsmallest(window, names(start))
+                scanned, complete = sorted(set(nearest)), len(nearest) < window
+            taken = scanned[:count]
+            last = taken[-1] if taken else start
+            if last is not None:
+                with self._lock:
+                    self._ahead = _Ahead(states, last, scanned[count:], complete)
+            return taken
+
+        # The names of at most LIST_WINDOW pages are kept, whatever the
+        # queue's size: one scan of the directories serves that many pages.
         # Entries that leave (delivered, deleted) between the scan and the
         # reading are made up for by the next names, so that only the end
         # of the queue gives an empty page.
         found: _Entries = []
         start = after
         while len(found) < limit:
-            batch = sorted(set(heapq.nsmallest(limit - len(found), names(start))))
+            batch = names_after(start, limit - len(found))
             if not batch:
                 break
             for queue_id in batch:

@@ -882,6 +882,36 @@ class CommandViewTests(_SpoolFiles, TestCase):
         self.assertEqual([e.queue_id for e in page], ids[2:4])
 
     @inlineCallbacks
+    def test_paging_across_scan_windows_sees_every_entry_once(self) -> _Test:
+        ids = []
+        for _ in range(11):
+            ids.append((yield self.commit()))
+        ids.sort()
+        scans: list[None] = []
+        real = spool_module._scandir
+
+        def counting(directory: str) -> Any:
+            if directory.endswith("incoming"):
+                scans.append(None)
+            return real(directory)
+
+        self.patch(spool_module, "_scandir", counting)
+        for window in (1, 3, 50):
+            self.patch(spool_module, "LIST_WINDOW", window)
+            del scans[:]
+            seen: list[str] = []
+            after = None
+            while True:
+                page = yield self.command.list(after=after, limit=2)
+                if not page:
+                    break
+                seen.extend(e.queue_id for e in page)
+                after = page[-1].queue_id
+            self.assertEqual(seen, ids)
+            # One scan serves a window of pages (6 pages, then the end).
+            self.assertEqual(len(scans), {1: 6, 3: 2, 50: 1}[window])
+
+    @inlineCallbacks
     def test_hold_of_an_entry_under_delivery_outlasts_its_reschedule(self) -> _Test:
         queue_id = yield self.commit()
         entry = (yield self.claim())[queue_id]
