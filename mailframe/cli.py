@@ -23,14 +23,20 @@ __all__ = ["main"]
 
 
 def _check_config(arguments: argparse.Namespace) -> int:
-    from mailframe.config import load_config
+    from mailframe.config import ComponentContext, load_config
     from mailframe.errors import ConfigError
+    from mailframe.registry import Components, discover
 
     try:
         config = load_config(arguments.file)
+        registry = discover()
+        Components(config, registry, ComponentContext(reactor=None, random=None)).check()
     except ConfigError as error:
         print(f"{arguments.file}: {error}", file=sys.stderr)
         return 1
+    for problem in registry.problems:
+        print(f"{arguments.file}: warning: plugin module {problem.module} failed to load:"
+              f" {problem.message}", file=sys.stderr)
     print(f"{arguments.file}: ok ({len(config.effective_listeners())} listener(s),"
           f" {len(config.local_domains)} local domain(s))")
     return 0

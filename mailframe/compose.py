@@ -17,31 +17,29 @@ from __future__ import annotations
 import random as _random
 import resource
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
+import attrs
 from twisted.cred import strcred
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
-from mailframe.config import Config
+from mailframe.config import ComponentContext, Config
 from mailframe.core import Limits
-from mailframe.interfaces import IDeliveryTransport, IPolicy
-from mailframe.policies import LocalRecipients, RelayControl
+from mailframe.errors import ConfigError
+from mailframe.interfaces import IDeliveryTransport, IPolicy, IRecipientValidator
 from mailframe.protocols._tls import ServerTLS
-from mailframe.protocols.client import TLSPolicy
 from mailframe.protocols.server import (
     AuthFailures,
     ConnectionCounts,
     ServerSettings,
     SMTPServerFactory,
 )
-from mailframe.routing import DNSResolver, LocalRouter
+from mailframe.registry import Components, Registry, discover
+from mailframe.routing import DNSResolver
 from mailframe.services import MailService, QueueRunner
 from mailframe.services.listener import ListeningService
-from mailframe.stores.spool import SpoolQueueStore
-from mailframe.transports import MaildirTransport
-from mailframe.transports.smtp import SMTPTransport, SMTPTransportSettings
 
 __all__ = ["build_mail_service", "connections_for", "make_checker", "raise_open_file_limit"]
 
@@ -102,44 +100,59 @@ def build_mail_service(
     reactor: Any,
     max_connections: int | None = None,
     policies: Sequence[IPolicy] = (),
+    registry: Registry | None = None,
 ) -> MailService:
     """
-    The whole mail service that *config* describes, on *reactor*.
+    The whole mail service that *config* describes, on *reactor*, built
+    from the plugins it names.
 
     :param max_connections: sessions at once when the config leaves it open;
         by default as many as the open-file limit allows.
-    :param policies: policies of your own, asked after relay control and the
-        local-recipient check.
+    :param policies: policies of your own, asked after those of the config.
+    :param registry: the plugins to build from; by default those that
+        :func:`~mailframe.registry.discover` finds.
+    :raises ConfigError: when a plugin is missing, failed to import, is
+        given bad settings, or cannot be built; the error names it.
     """
+    if registry is None:
+        registry = discover()
+    if registry.problems:
+        problem = registry.problems[0]
+        log.error("Plugin module {module} failed: {detail}", module=problem.module,
+                  detail=problem.detail or problem.message)
+        raise ConfigError("plugins", f"plugin module {problem.module} failed to load:"
+                                     f" {problem.message}")
     rng = _random.SystemRandom()
-    store = SpoolQueueStore(config.queue_dir, reactor, random=rng)
-    domains = dict(config.local_domains)
-    users = LocalRecipients(domains, config.local_users)
     if config.max_connections is not None:
         max_connections = config.max_connections
     if max_connections is None:
         max_connections = connections_for(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
-    router = LocalRouter(domains, smarthost=config.smarthost)
+    tls = ServerTLS(config.tls_cert, config.tls_key) if config.tls_cert and config.tls_key else None
     resolver = DNSResolver(reactor, nameservers=list(config.nameservers) or None, random=rng)
-    credentials = None
-    if config.smarthost_username is not None and config.smarthost_password is not None:
-        credentials = (config.smarthost_username, config.smarthost_password)
-    smtp = SMTPTransport(store, reactor, resolver, rng, SMTPTransportSettings(
-        helo_name=config.smtp_helo_name or config.hostname,
-        source_address=config.smtp_source_address,
-        source_address6=config.smtp_source_address6,
-        trust_roots=config.smtp_trust_roots,
-        our_names=(config.hostname,),
-        port=config.smtp_port,
-        tls=cast(TLSPolicy, config.smtp_tls),  # checked by the config
-        tls_policies=config.tls_policy,
-        credentials=credentials,
-        chunking=config.smtp_chunking,
+    components = Components(config, registry, ComponentContext(
+        reactor=reactor, random=rng, resolver=resolver, tls=tls,
+        log=Logger(namespace="mailframe.plugins"),
     ))
+    components.check()
+    maker = registry.maker("store", config.store)
+    if not getattr(maker, "durable", True):
+        if not config.unsafe_store:
+            raise ConfigError("store", f"the {config.store} store loses queued mail when the"
+                                       " process stops; start it with --unsafe-store"
+                                       " (unsafe_store = true) if that is what you want",
+                              config.line_of("store"))
+        log.warn("The {store} store is not durable: queued mail is lost when mailframe"
+                 " stops", store=config.store)
+    store = components.get("store", config.store)
+    components.context = attrs.evolve(components.context, store=store)
+    router = components.get("router", config.router)
     transports: dict[str, IDeliveryTransport] = {
-        "maildir": MaildirTransport(store, reactor, reactor.getThreadPool()),
-        "smtp": smtp,
+        name: components.get("transport", name) for name in config.transports
     }
+    shared = [components.get("policy", name) for name in config.policies]
+    if IRecipientValidator.providedBy(router) and "router-check" not in config.policies:
+        # What the router's own tables would refuse is refused at RCPT.
+        shared.append(components.get("policy", "router-check"))
     runner = QueueRunner(
         store, router, transports, reactor,
         schedule=config.retry_schedule,
@@ -150,17 +163,16 @@ def build_mail_service(
         bounce_size_limit=config.bounce_size_limit,
         double_bounce_recipient=config.double_bounce_recipient,
     )
-    tls = ServerTLS(config.tls_cert, config.tls_key) if config.tls_cert and config.tls_key else None
     checker = make_checker(config.auth_checker) if config.auth_checker else None
     counts = ConnectionCounts()
     failures = AuthFailures(reactor, config.max_auth_failures, config.auth_failure_delay)
     listeners = []
     names: dict[str, int] = {}
     for listener in config.effective_listeners():
-        networks = listener.relay_networks
+        # Relay control comes first on every listener, with its own networks.
         chain: list[IPolicy] = [
-            RelayControl(domains, config.relay_networks if networks is None else networks),
-            users,
+            components.build("policy", "relay-control", listener=listener),
+            *shared,
             *policies,
         ]
         size = listener.max_message_size
@@ -191,5 +203,16 @@ def build_mail_service(
         )
         endpoint = serverFromString(reactor, listener.endpoint)
         listeners.append(ListeningService(endpoint, factory, listener.endpoint))
+    parts = [*transports.values(), router, *shared, store]
+    stoppables = [p for p in parts if callable(getattr(p, "stop", None))]
+    reloadables = [p for p in parts if callable(getattr(p, "reload", None))]
     return MailService(store, listeners, runner, grace=config.shutdown_grace, tls=tls,
-                       stoppables=[smtp, store])
+                       stoppables=_unique(stoppables), reloadables=_unique(reloadables))
+
+
+def _unique(parts: Sequence[Any]) -> list[Any]:
+    seen: list[Any] = []
+    for part in parts:
+        if not any(part is other for other in seen):
+            seen.append(part)
+    return seen

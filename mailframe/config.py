@@ -18,6 +18,7 @@ from typing import Any
 
 import attrs
 
+from mailframe._positions import key_positions
 from mailframe.address import AddressError, Mailbox, is_domain
 from mailframe.core import MIN_RECIPIENTS
 from mailframe.errors import ConfigError
@@ -104,6 +105,18 @@ class Config:
     :ivar double_bounce_recipient: where reports go about messages from the
         null sender that could not be delivered, or ``None`` to only log
         them.
+    :ivar store: the plugin name of the queue store.
+    :ivar router: the plugin name of the router.
+    :ivar policies: plugin names of the policies asked after relay control
+        (which always comes first), in order.
+    :ivar transports: plugin names of the delivery transports to start;
+        a route names one of them.
+    :ivar plugins: ``(plugin name, settings)`` pairs: the ``[plugins.NAME]``
+        tables, checked against each plugin's schema when it is built.
+    :ivar unsafe_store: allow a store that loses mail when the process
+        stops (``--unsafe-store``).
+    :ivar positions: the line of each key of the file the config came
+        from, by dotted path, for errors found later.
     :ivar smtp_helo_name: the name outbound SMTP gives in EHLO; by default
         :attr:`hostname`.
     :ivar smtp_source_address: the IPv4 address outbound connections come
@@ -146,6 +159,21 @@ class Config:
     delay_warning: float = DEFAULT_DELAY_WARNING
     bounce_size_limit: int = DEFAULT_BOUNCE_SIZE_LIMIT
     double_bounce_recipient: Mailbox | None = None
+    store: str = "spool"
+    router: str = "local"
+    policies: tuple[str, ...] = ("local-users",)
+    transports: tuple[str, ...] = ("smtp", "maildir")
+    plugins: tuple[tuple[str, Mapping[str, Any]], ...] = ()
+    unsafe_store: bool = False
+    positions: Mapping[str, int] = attrs.field(factory=dict, eq=False, repr=False)
+
+    def plugin_settings(self, name: str) -> Mapping[str, Any]:
+        """The ``[plugins.NAME]`` table of plugin *name*; empty if none."""
+        return dict(self.plugins).get(name, {})
+
+    def line_of(self, key: str) -> int | None:
+        """The line of the dotted *key* in the file, if it came from one."""
+        return self.positions.get(key)
     smtp_helo_name: str | None = None
     smtp_source_address: str | None = None
     smtp_source_address6: str | None = None
@@ -455,6 +483,36 @@ def _mailbox(value: Any) -> Mailbox:
         raise ValueError(f"expected a mailbox such as postmaster@example.com: {e}") from None
 
 
+_PLUGIN_NAME = re.compile(r"\A[a-z0-9][a-z0-9_.-]*\Z")
+
+
+def _plugin_name(value: Any) -> str:
+    name = _string(value)
+    if not _PLUGIN_NAME.match(name):
+        raise ValueError(f"{name!r} is not a plugin name")
+    return name
+
+
+def _plugin_names(value: Any) -> tuple[str, ...]:
+    names = tuple(_plugin_name(v) for v in _strings(value))
+    for name in names:
+        if names.count(name) > 1:
+            raise ValueError(f"{name} is listed twice")
+    return names
+
+
+def _plugin_sections(value: Any) -> tuple[tuple[str, Mapping[str, Any]], ...]:
+    if not isinstance(value, Mapping):
+        raise ValueError("expected tables: [plugins.NAME]")
+    sections = []
+    for name, settings in value.items():
+        _plugin_name(name)
+        if not isinstance(settings, Mapping):
+            raise ValueError(f"plugins.{name} must be a table of settings")
+        sections.append((name, dict(settings)))
+    return tuple(sections)
+
+
 def _schedule(value: Any) -> RetrySchedule:
     return RetrySchedule.parse(_string(value))
 
@@ -496,6 +554,12 @@ _KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "delay_warning": ("delay_warning", _seconds(0)),
     "bounce_size_limit": ("bounce_size_limit", _integer(0)),
     "double_bounce_recipient": ("double_bounce_recipient", _mailbox),
+    "store": ("store", _plugin_name),
+    "router": ("router", _plugin_name),
+    "policies": ("policies", _plugin_names),
+    "transports": ("transports", _plugin_names),
+    "plugins": ("plugins", _plugin_sections),
+    "unsafe_store": ("unsafe_store", _boolean),
     "smtp_helo_name": ("smtp_helo_name", _hostname),
     "smtp_source_address": ("smtp_source_address", _address(4)),
     "smtp_source_address6": ("smtp_source_address6", _address(6)),
@@ -595,7 +659,8 @@ def parse_config(text: str, base: Config | None = None) -> Config:
         match = re.search(r"line (\d+)", str(error))
         line = int(match.group(1)) if match else text.count("\n") + 1
         raise ConfigError("(syntax)", str(error), line) from None
-    return settings_from(data, base, text)
+    config = settings_from(data, base, text)
+    return attrs.evolve(config, positions=key_positions(text))
 
 
 def load_config(path: str, base: Config | None = None) -> Config:
@@ -617,9 +682,17 @@ class ComponentContext:
     :ivar reactor: the reactor, also the clock.
     :ivar random: a random source.
     :ivar resolver: the shared :class:`~mailframe.interfaces.IResolver`, if any.
-    :ivar store: the :class:`~mailframe.interfaces.IQueueStore`, if any.
-    :ivar tls: the TLS settings, if any.
-    :ivar log: a :class:`twisted.logger.Logger`.
+    :ivar store: the :class:`~mailframe.interfaces.IQueueStore`, if any
+        (``None`` while the store itself is built).
+    :ivar tls: the server's TLS settings, if any.
+    :ivar log: a :class:`twisted.logger.Logger` in the component's namespace.
+    :ivar config: the whole :class:`Config`, for settings that several
+        components share (local domains, the smarthost, outbound SMTP).
+    :ivar listener: for a policy, the :class:`ListenerConfig` of the
+        listener it is built for; policies are built once per listener.
+    :ivar component: ``component(kind, name)`` is the component of that
+        kind and plugin name, built with its own settings from the config
+        (once); a ``chain`` router finds the routers it chains this way.
     """
 
     reactor: Any
@@ -628,3 +701,6 @@ class ComponentContext:
     store: Any = None
     tls: Any = None
     log: Any = None
+    config: Any = None
+    listener: Any = None
+    component: Any = None

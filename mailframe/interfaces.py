@@ -22,6 +22,7 @@ __all__ = [
     "IPolicy",
     "IQueueStore",
     "IQueueWriter",
+    "IRecipientValidator",
     "IResolver",
     "IRouter",
 ]
@@ -234,6 +235,23 @@ class IRouter(Interface):
         :return: a Deferred list of ``(recipient, original_recipient, Route)``
             tuples. A router may expand one address into several, keeping the
             original for DSN.
+        """
+
+
+class IRecipientValidator(Interface):
+    """
+    Knows, from local data alone (tables, aliases, user lists), whether a
+    recipient exists: a router that can refuse a recipient provides it, so
+    that the server refuses that recipient at RCPT instead of accepting the
+    message and bouncing it later. It never looks anything up in DNS.
+    """
+
+    def validate(recipient: Any) -> Any:
+        """
+        :param recipient: a :class:`~mailframe.address.Mailbox`.
+        :return: ``None`` (or a Deferred firing with ``None``) when the
+            recipient may be accepted, or the
+            :class:`~mailframe.reply.Reply` to refuse it with.
         """
 
 

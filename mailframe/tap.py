@@ -35,6 +35,10 @@ class Options(usage.Options):
         "Run the mailframe mail transfer agent. Options given here override"
         " the same settings of the --config file."
     )
+    optFlags: ClassVar[list[list[str | None]]] = [
+        ["unsafe-store", None,
+         "Allow a queue store that loses mail when the process stops (store = memory)."],
+    ]
 
     optParameters: ClassVar[list[list[str | None]]] = [
         ["config", "c", None, "A TOML config file."],
@@ -98,6 +102,8 @@ class Options(usage.Options):
                 values[option.replace("-", "_")] = self[option]
         if self["auth"] is not None:
             values["auth_checker"] = self["auth"]
+        if self["unsafe-store"]:
+            values["unsafe_store"] = True
         try:
             base = load_config(self["config"]) if self["config"] else Config()
             self.config = settings_from(values, base)
@@ -117,6 +123,9 @@ def makeService(options: Options) -> IService:
     limit = raise_open_file_limit()
     try:
         service = build_mail_service(options.config, reactor, connections_for(limit))
+    except ConfigError as error:
+        where = f" in {options['config']}, line {error.line}" if error.line else ""
+        raise usage.UsageError(f"{error.key}{where}: {error.message}") from None
     except ValueError as error:
         raise usage.UsageError(str(error)) from None
     service.ready.addErrback(lambda _: reactor.stop())

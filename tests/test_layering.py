@@ -17,7 +17,7 @@ LAYERS = [
     ("values", {"mailframe.envelope", "mailframe.errors", "mailframe.reply",
                 "mailframe.address", "mailframe.verdict"}),
     ("core", {"mailframe.core"}),
-    ("contracts", {"mailframe.interfaces"}),
+    ("contracts", {"mailframe.interfaces", "mailframe.components"}),
     ("adapters", {"mailframe.protocols"}),
     ("built-ins", {"mailframe.policies", "mailframe.stores", "mailframe.routing",
                    "mailframe.transports"}),

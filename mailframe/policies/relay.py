@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from mailframe.address import Mailbox
+from mailframe.components import ComponentMaker
 from mailframe.envelope import ClientInfo
 from mailframe.policies._base import CONTINUE, PolicyBase
 from mailframe.policies._domains import domain_key
@@ -87,3 +88,22 @@ class RelayControl(PolicyBase):
             Reply(554, "5.7.1", f"<{recipient}>: Relay access denied"),
             reason="relay denied",
         )
+
+
+def _build_relay_control(settings: Any, context: Any) -> RelayControl:
+    config, listener = context.config, context.listener
+    networks = getattr(listener, "relay_networks", None)
+    return RelayControl(
+        dict(config.local_domains), config.relay_networks if networks is None else networks
+    )
+
+
+#: The ``relay-control`` policy plugin: no relaying except for
+#: ``relay_networks`` (the listener's own, where it has them) and
+#: authenticated clients.
+relay_control_maker = ComponentMaker(
+    kind="policy",
+    name="relay-control",
+    description="Refuses relaying (554 5.7.1) except from relay_networks or after AUTH",
+    factory=_build_relay_control,
+)

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from mailframe.address import Mailbox
+from mailframe.components import ComponentMaker
 from mailframe.policies._base import CONTINUE, PolicyBase
 from mailframe.policies._domains import domain_key
 from mailframe.reply import Reply
@@ -90,3 +91,18 @@ class LocalRecipients(PolicyBase):
                 reason="unknown user",
             )
         return CONTINUE
+
+
+def _build_local_users(settings: Any, context: Any) -> LocalRecipients:
+    config = context.config
+    return LocalRecipients(dict(config.local_domains), config.local_users)
+
+
+#: The ``local-users`` policy plugin: unknown local recipients get 550 at
+#: RCPT.
+local_users_maker = ComponentMaker(
+    kind="policy",
+    name="local-users",
+    description="Refuses unknown users of the local domains at RCPT (550 5.1.1)",
+    factory=_build_local_users,
+)

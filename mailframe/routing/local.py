@@ -13,6 +13,7 @@ from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
 from mailframe.address import Mailbox
+from mailframe.components import ComponentMaker
 from mailframe.envelope import Route
 from mailframe.interfaces import IRouter
 from mailframe.policies._domains import domain_key
@@ -57,3 +58,18 @@ class LocalRouter:
             return succeed([(recipient, recipient, Route("maildir", reject=reject))])
         directory = os.path.join(self.local_domains[domain], name)
         return succeed([(recipient, recipient, Route("maildir", {"directory": directory}))])
+
+
+def _build_local(settings: Any, context: Any) -> LocalRouter:
+    config = context.config
+    return LocalRouter(dict(config.local_domains), smarthost=config.smarthost)
+
+
+#: The ``local`` router plugin: ``local_domains`` to their Maildirs, every
+#: other domain to ``smtp``, by MX or through ``smarthost``.
+local_maker = ComponentMaker(
+    kind="router",
+    name="local",
+    description="Local domains to their Maildirs; other mail by MX, or to the smarthost",
+    factory=_build_local,
+)

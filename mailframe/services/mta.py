@@ -6,7 +6,7 @@ Twisted service that starts and stops them in the right order.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, gatherResults
@@ -50,6 +50,8 @@ class MailService(MultiService):
     :param tls: the STARTTLS certificates, which :meth:`reload` reads again.
     :param stoppables: parts to stop last, once the queue runner is done,
         such as a transport's pool of outbound connections.
+    :param reloadables: parts whose ``reload()`` :meth:`reload` calls, such
+        as a router's tables.
 
     :ivar ready: fires once the queue is recovered and every listener
         listens; fails if recovery failed or a listener could not listen.
@@ -65,10 +67,12 @@ class MailService(MultiService):
         grace: float = DEFAULT_GRACE,
         tls: ServerTLS | None = None,
         stoppables: Sequence[Stoppable] = (),
+        reloadables: Sequence[Any] = (),
     ) -> None:
         super().__init__()
         self.tls = tls
         self.stoppables = list(stoppables)
+        self.reloadables = list(reloadables)
         self.store = store
         self.listeners = list(listeners)
         self.runner = runner
@@ -98,11 +102,21 @@ class MailService(MultiService):
 
     def reload(self) -> None:
         """
-        Read the TLS certificate and key again (on SIGHUP). Sessions that
-        are connected keep theirs; new ones get the new certificate.
+        Read the TLS certificate and key again, and the tables of the parts
+        that have them (on SIGHUP). Sessions that are connected keep their
+        certificate; new ones get the new one. A part that fails to reload
+        keeps what it had, and the failure is logged: no mail is dropped.
         """
         if self.tls is not None:
-            self.tls.reload()
+            try:
+                self.tls.reload()
+            except Exception:
+                self.log.failure("Could not reload the TLS certificate; keeping the old one")
+        for part in self.reloadables:
+            try:
+                part.reload()
+            except Exception:
+                self.log.failure("Could not reload {part!r}; keeping what it had", part=part)
 
     def addresses(self) -> list[IAddress]:
         """The addresses the listeners listen on (once :attr:`ready`)."""

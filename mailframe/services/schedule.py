@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 import attrs
 
+from mailframe.components import parse_duration
+
 __all__ = [
     "DEFAULT_DELAY_WARNING",
     "DEFAULT_MAX_LIFETIME",
@@ -18,28 +20,6 @@ __all__ = [
     "RetrySchedule",
     "parse_duration",
 ]
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_duration(text: str) -> float:
-    """
-    Seconds in ``"90"``, ``"90s"``, ``"5m"``, ``"4h"``, ``"5d"`` or ``"1w"``.
-
-    :raises ValueError: for anything else.
-    """
-    text = text.strip().lower()
-    unit = 1
-    if text and text[-1] in _UNITS:
-        unit = _UNITS[text[-1]]
-        text = text[:-1]
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a duration such as 30s, 5m, 4h or 5d") from None
-    if value < 0:
-        raise ValueError("a duration cannot be negative")
-    return value * unit
 
 
 def _intervals(value: Sequence[float]) -> tuple[float, ...]:

@@ -10,13 +10,14 @@ import enum
 import io
 import random as _random
 from collections.abc import Callable
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import attrs
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
+from mailframe.components import ComponentMaker
 from mailframe.envelope import EntryState, Envelope, QueueEntry, QueueStats
 from mailframe.interfaces import IQueueStore, IQueueWriter
 from mailframe.stores._errors import EntryStateError, NoSuchEntry, check_recipients
@@ -329,3 +330,18 @@ class _MemoryWriter(GatedWriter):
         held, self._held = self._held, []
         self._chunks.extend(held)
         self._gate.done(sum(len(c) for c in held))
+
+
+def _build_memory(settings: Any, context: Any) -> MemoryQueueStore:
+    return MemoryQueueStore(context.reactor, random=context.random)
+
+
+#: The ``memory`` store plugin: not durable, so it starts only with
+#: ``--unsafe-store``.
+memory_maker = ComponentMaker(
+    kind="store",
+    name="memory",
+    description="Queue in memory: loses every queued message when the process stops",
+    factory=_build_memory,
+    durable=False,
+)

@@ -79,6 +79,7 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from mailframe.address import NULL_PATH
+from mailframe.components import ComponentMaker, Setting
 from mailframe.envelope import (
     EntryState,
     Envelope,
@@ -1555,3 +1556,26 @@ def _read_trailer(path: str) -> bytes:
             raise CorruptEntryError("the message file has no envelope trailer")
         f.seek(end - _TRAILER.size - length)
         return f.read(length)
+
+
+def _build_spool(settings: Any, context: Any) -> SpoolQueueStore:
+    return SpoolQueueStore(
+        context.config.queue_dir, context.reactor, random=context.random,
+        min_free=settings["min_free"],
+    )
+
+
+#: The ``spool`` store plugin: this store, in the config's ``queue_dir``.
+spool_maker = ComponentMaker(
+    kind="store",
+    name="spool",
+    description="Durable queue in a local directory (queue_dir), one file per message",
+    factory=_build_spool,
+    schema={
+        "min_free": Setting(
+            "integer", DEFAULT_MIN_FREE,
+            "Octets of free space to keep on the spool's file system: below it,"
+            " MAIL gets 452 4.3.1.", minimum=0,
+        ),
+    },
+)

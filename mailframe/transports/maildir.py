@@ -21,6 +21,7 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from mailframe.address import Mailbox
+from mailframe.components import ComponentMaker
 from mailframe.envelope import DeliveryStatus, QueueEntry, RecipientResult, Route
 from mailframe.interfaces import IDeliveryTransport, IQueueStore
 from mailframe.policies.users import local_mailbox_name
@@ -146,3 +147,14 @@ class MaildirTransport:
                 for r, o in recipients]
 
 
+def _build_maildir(settings: Any, context: Any) -> MaildirTransport:
+    return MaildirTransport(context.store, context.reactor, context.reactor.getThreadPool())
+
+
+#: The ``maildir`` transport plugin.
+maildir_maker = ComponentMaker(
+    kind="transport",
+    name="maildir",
+    description="Delivers into the Maildir named by the route, with fsync",
+    factory=_build_maildir,
+)

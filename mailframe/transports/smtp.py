@@ -92,6 +92,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from mailframe.address import Mailbox, is_domain, original_recipient
+from mailframe.components import ComponentMaker
 from mailframe.core import ClientLimits
 from mailframe.envelope import (
     DeliveryStatus,
@@ -874,3 +875,33 @@ class SMTPTransport:
                       host=host, address=address, port=destination.port,
                       tls="yes" if protocol.tls else "no", destination=str(destination))
         return protocol
+
+
+def _build_smtp(settings: Any, context: Any) -> SMTPTransport:
+    config = context.config
+    credentials = None
+    if config.smarthost_username is not None and config.smarthost_password is not None:
+        credentials = (config.smarthost_username, config.smarthost_password)
+    return SMTPTransport(context.store, context.reactor, context.resolver, context.random,
+                         SMTPTransportSettings(
+        helo_name=config.smtp_helo_name or config.hostname,
+        source_address=config.smtp_source_address,
+        source_address6=config.smtp_source_address6,
+        trust_roots=config.smtp_trust_roots,
+        our_names=(config.hostname,),
+        port=config.smtp_port,
+        tls=config.smtp_tls,
+        tls_policies=config.tls_policy,
+        credentials=credentials,
+        chunking=config.smtp_chunking,
+    ))
+
+
+#: The ``smtp`` transport plugin, set up from the config's ``smtp_*``,
+#: ``smarthost_*``, ``tls_policy`` and ``nameservers`` keys.
+smtp_maker = ComponentMaker(
+    kind="transport",
+    name="smtp",
+    description="Relays by SMTP to the MX hosts of a domain, or to a next hop",
+    factory=_build_smtp,
+)
