@@ -162,7 +162,7 @@ class Config:
     store: str = "spool"
     router: str = "local"
     policies: tuple[str, ...] = ("local-users",)
-    transports: tuple[str, ...] = ("smtp", "maildir")
+    transports: tuple[str, ...] = ("smtp", "maildir", "lmtp", "pipe")
     plugins: tuple[tuple[str, Mapping[str, Any]], ...] = ()
     unsafe_store: bool = False
     positions: Mapping[str, int] = attrs.field(factory=dict, eq=False, repr=False)

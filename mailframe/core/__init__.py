@@ -71,6 +71,7 @@ from mailframe.core._limits import (
     SIZE_MAIL_EXTRA,
     Limits,
 )
+from mailframe.core._lmtp import LMTPClientConnection
 from mailframe.core._server import ServerConnection, Transaction
 from mailframe.core._state import State
 
@@ -115,6 +116,7 @@ __all__ = [
     "Greeting",
     "Helo",
     "Help",
+    "LMTPClientConnection",
     "Limits",
     "LocalProtocolError",
     "MIN_RECIPIENTS",

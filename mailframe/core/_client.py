@@ -454,9 +454,16 @@ class ClientConnection:
             raise LocalProtocolError(self._why_no_data())
         terminator = b".\r\n" if self._line_start else b"\r\n.\r\n"
         self._writing_data = False
-        command = ce.ClientEndOfMessage()
-        self._sent(command, Verb.END_OF_MESSAGE)
+        for command in self._end_of_message():
+            self._sent(command, Verb.END_OF_MESSAGE)
         return terminator
+
+    def _end_of_message(self) -> list[ce.ClientEndOfMessage]:
+        """
+        What the final dot awaits replies to: in SMTP, one, the outcome of
+        the message (LMTP awaits one for each recipient).
+        """
+        return [ce.ClientEndOfMessage()]
 
     def _why_no_data(self) -> str:
         if self.closed:

@@ -216,7 +216,13 @@ class ClientEndOfMessage(ClientCommand):
     The final dot after message data (RFC 5321 §4.1.1.4), written by
     :meth:`~mailframe.core.ClientConnection.end_data`. Its reply is the
     outcome of the message.
+
+    :ivar recipient: ``None`` in SMTP. In LMTP, the final dot gets a reply
+        for each recipient that RCPT accepted (RFC 2033 §4.2), each paired
+        with a :class:`ClientEndOfMessage` that names its recipient.
     """
+
+    recipient: Mailbox | None = None
 
 
 @attrs.frozen

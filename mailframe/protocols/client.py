@@ -65,6 +65,19 @@ Rules applied before a transaction is sent, once the EHLO reply is known:
   reports on it from now on. Delivered to one that does not, it is
   :attr:`~mailframe.envelope.Handoff.RELAYED`.
 
+With :attr:`ClientSettings.lmtp`, the session is an LMTP one (RFC 2033),
+on :class:`~mailframe.core.LMTPClientConnection`: it says LHLO, and a
+refusal of LHLO fails the session transiently (there is no HELO to fall
+back on, and an SMTP server that answers LHLO with ``500`` is a mistake of
+configuration, not of the mail); no TLS or AUTH is set up. Each recipient
+accepted at RCPT gets its own reply after the final dot (RFC 2033 §4.2),
+read in turn: a connection lost after some of them leaves the others
+transient, with the ``451 4.4.2`` of a message that may have been
+delivered. Delivered recipients have the
+:attr:`~mailframe.envelope.Handoff.DELIVERED` handoff, as LMTP is final
+delivery, whether the server offers DSN or not. The message goes with
+DATA, never BDAT; one with ``BODY=BINARYMIME`` fails with ``554 5.6.3``.
+
 Timeouts are those of the core's :class:`~mailframe.core.ClientLimits`
 (RFC 5321 §4.5.3.2): 5 minutes for the greeting, MAIL and RCPT, 2 for the
 354 to DATA, 3 for each write of message data, 10 for the reply to the
@@ -171,6 +184,8 @@ class ClientSettings:
     :ivar limits: the core's limits and timeouts (RFC 5321 §4.5.3.2).
     :ivar chunk_size: octets read from the message file and written at a
         time.
+    :ivar lmtp: speak LMTP (RFC 2033) instead of SMTP; see the module.
+        *tls* and *credentials* are not used then.
     """
 
     helo: str = attrs.field(validator=_check_helo)
@@ -183,6 +198,7 @@ class ClientSettings:
     chunking: bool = False
     limits: core.ClientLimits = attrs.Factory(core.ClientLimits)
     chunk_size: int = attrs.field(default=CHUNK_SIZE, validator=attrs.validators.ge(1))
+    lmtp: bool = False
 
 
 def _recipients(value: Any) -> tuple[Mailbox, ...]:
@@ -464,7 +480,9 @@ class SMTPClientProtocol(Protocol):
         self.clock = clock
         self.host = host
         self.address = address
-        self.conn = core.ClientConnection(settings.limits)
+        self.conn: core.ClientConnection = (
+            core.LMTPClientConnection(settings.limits) if settings.lmtp
+            else core.ClientConnection(settings.limits))
         self.transactions = 0
         self._events: deque[core.ClientEvent] = deque()
         self._waiter: Deferred[core.ClientEvent] | None = None
@@ -742,6 +760,9 @@ class SMTPClientProtocol(Protocol):
                     self._send(core.ClientQuit())
                 raise GreetingRefused(
                     greeting, _transient(greeting, f"{self.host} refused to talk to us"))
+            if self.settings.lmtp:
+                await self._lhlo()
+                return
             await self._hello()
             await self._start_tls()
             await self._authenticate()
@@ -760,6 +781,13 @@ class SMTPClientProtocol(Protocol):
                 raise SessionRejected(reply)
         if not reply.code < 400:
             raise SessionFailed(reply)
+
+    async def _lhlo(self) -> None:
+        """LHLO (RFC 2033 §4.1); a refusal is transient, whatever its code."""
+        self._send(core.ClientEhlo(self.settings.helo))
+        reply = await self._reply()
+        if reply.code >= 400:
+            raise SessionFailed(_transient(reply, f"{self.host} refused LHLO"))
 
     async def _start_tls(self) -> None:
         policy = self.settings.tls
@@ -916,8 +944,12 @@ class SMTPClientProtocol(Protocol):
         status = status or status_of(reply)
         if status is DeliveryStatus.DELIVERED:
             # RFC 3461 §5.2.2: a server that offers DSN was given the
-            # parameters, and reports from now on.
-            handoff = Handoff.PASSED_ON if self.conn.dsn else Handoff.RELAYED
+            # parameters, and reports from now on. LMTP delivers: the
+            # mail goes no further ("delivered", RFC 3464 §2.3.3).
+            if self.settings.lmtp:
+                handoff = Handoff.DELIVERED
+            else:
+                handoff = Handoff.PASSED_ON if self.conn.dsn else Handoff.RELAYED
             return RecipientResult(recipient, status, reply, remote=self.host, handoff=handoff)
         return RecipientResult(recipient, status, reply, remote=self.host)
 
@@ -933,6 +965,11 @@ class SMTPClientProtocol(Protocol):
         if t.body is BodyType.EIGHT_BIT_MIME and not conn.eightbitmime:
             return [Reply(554, "5.6.3", f"{self.host} does not accept 8-bit messages"
                           " (no 8BITMIME), and mailframe does not convert them")] * count
+        if t.body is BodyType.BINARY_MIME and self.settings.lmtp:
+            # RFC 3030 §3: BINARYMIME goes with BDAT, which is not sent
+            # over LMTP (see the module).
+            return [Reply(554, "5.6.3", f"Binary messages are not sent to {self.host}"
+                          " over LMTP")] * count
         if t.body is BodyType.BINARY_MIME and not (
                 "BINARYMIME" in conn.extensions and conn.chunking):
             return [Reply(554, "5.6.3", f"{self.host} does not accept binary messages"
@@ -988,7 +1025,8 @@ class SMTPClientProtocol(Protocol):
             return self._results(t, outcome)
         conn = self.conn
         pipelining = conn.pipelining
-        bdat = t.body is BodyType.BINARY_MIME or (self.settings.chunking and conn.chunking)
+        bdat = not self.settings.lmtp and (
+            t.body is BodyType.BINARY_MIME or (self.settings.chunking and conn.chunking))
         answered = False
         try:
             if self._needs_rset or conn.state is not core.ClientState.READY:
@@ -1041,6 +1079,8 @@ class SMTPClientProtocol(Protocol):
                     # RFC 2920 §3.1: 354 with no recipient; send just the dot.
                     self._write(conn.end_data())
                     await self._reply()
+                elif reply.code == 354 and self.settings.lmtp:
+                    await self._send_data_lmtp(t, accepted, outcome)
                 elif reply.code == 354:
                     final = await self._send_data(t)
                     for i in accepted:
@@ -1114,6 +1154,28 @@ class SMTPClientProtocol(Protocol):
 
     async def _send_data(self, t: Transaction) -> Reply:
         """Stream the message after 354, end it, and read the reply."""
+        await self._stream_data(t)
+        try:
+            return await self._reply()
+        except _Broken as broken:
+            raise self._after_end(broken) from None
+
+    async def _send_data_lmtp(self, t: Transaction, accepted: list[int],
+                              outcome: list[Reply | None]) -> None:
+        """
+        Stream the message after 354, end it, and read the reply of each
+        accepted recipient into *outcome*, in the order of RCPT
+        (RFC 2033 §4.2).
+        """
+        await self._stream_data(t)
+        try:
+            for i in accepted:
+                outcome[i] = await self._reply()
+        except _Broken as broken:
+            raise self._after_end(broken) from None
+
+    async def _stream_data(self, t: Transaction) -> None:
+        """Stream the message after 354, and end it with the final dot."""
         reader = _MessageReader(t.prefix, t.message, self.settings.chunk_size)
         self._start_producing()
         try:
@@ -1127,10 +1189,6 @@ class SMTPClientProtocol(Protocol):
             self._write(self.conn.end_data())
         finally:
             self._stop_producing()
-        try:
-            return await self._reply()
-        except _Broken as broken:
-            raise self._after_end(broken) from None
 
     async def _send_bdat(self, t: Transaction) -> Reply:
         """

@@ -427,9 +427,15 @@ class QueueRunner(Service):
             routed: Sequence[tuple[Mailbox, Mailbox, Route]] = await maybeDeferred(
                 self.router.route, entry.envelope, recipient)
         except Exception as error:
-            self.log.failure("Router failed on <{mailbox}> of {queue_id}",
-                             mailbox=str(recipient), queue_id=entry.queue_id)
             reply = error.reply if isinstance(error, MailframeError) else _ROUTER_FAILED
+            if isinstance(error, MailframeError) and reply.is_transient:
+                # A router that defers on purpose (a rate limit, a database
+                # that is down) says why; that is not a bug to trace back.
+                self.log.info("Router deferred <{mailbox}> of {queue_id}: {reply}",
+                              mailbox=str(recipient), queue_id=entry.queue_id, reply=str(reply))
+            else:
+                self.log.failure("Router failed on <{mailbox}> of {queue_id}",
+                                 mailbox=str(recipient), queue_id=entry.queue_id)
             return RecipientResult(recipient, DeliveryStatus.TRANSIENT,
                                    reply if reply.is_transient else _ROUTER_FAILED,
                                    original=recipient)
