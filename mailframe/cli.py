@@ -5,6 +5,10 @@ The ``mailframe`` command.
 mailframe --config FILE`` does and reports the first problem, naming the
 key and the line.
 
+``mailframe plugins`` lists the component plugins that a config file can
+name, with the distribution that installed each, and any plugin module that
+failed to import.
+
 ``mailframe queue COMMAND`` looks at the queue and changes it, also while
 the server runs: ``list``, ``show``, ``flush``, ``delete``, ``hold``,
 ``release``, ``requeue`` and ``stats``, each given the queue with
@@ -14,10 +18,15 @@ the server runs: ``list``, ``show``, ``flush``, ``delete``, ``hold``,
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from mailframe._queuecmd import add_queue_command
+
+if TYPE_CHECKING:
+    from mailframe.registry import Registry
 
 __all__ = ["main"]
 
@@ -34,12 +43,72 @@ def _check_config(arguments: argparse.Namespace) -> int:
     except ConfigError as error:
         print(f"{arguments.file}: {error}", file=sys.stderr)
         return 1
-    for problem in registry.problems:
-        print(f"{arguments.file}: warning: plugin module {problem.module} failed to load:"
-              f" {problem.message}", file=sys.stderr)
+    if registry.problems:
+        # twistd refuses to start while one is broken (compose.build_mail_service).
+        for problem in registry.problems:
+            print(f"{arguments.file}: plugins: {problem.module}: {problem.message}",
+                  file=sys.stderr)
+        return 1
     print(f"{arguments.file}: ok ({len(config.effective_listeners())} listener(s),"
           f" {len(config.local_domains)} local domain(s))")
     return 0
+
+
+_PLUGINS_HELP = """\
+List every component plugin found in the mailframe/plugins/ directories on
+the Python path: its kind, the name a config file selects it by, the
+distribution that installed it, and what it does. A plugin module that
+failed to import, or that gives a name another plugin already has, is
+reported too.
+"""
+
+_PLUGINS_EPILOG = """\
+exit status: 0 when every plugin module loaded, 1 when one failed to import
+or repeated another plugin's name.
+"""
+
+
+def _plugin_rows(registry: Registry) -> list[dict[str, str]]:
+    """One row per plugin, in the order of the kinds, then by name."""
+    from mailframe.components import KINDS
+
+    def order(key: tuple[str, str]) -> tuple[int, str, str]:
+        kind, name = key
+        return (KINDS.index(kind) if kind in KINDS else len(KINDS), kind, name)
+
+    return [
+        {
+            "kind": kind,
+            "name": name,
+            "description": str(registry.makers[kind, name].description),
+            "distribution": registry.distribution(kind, name),
+            "module": registry.modules.get((kind, name), ""),
+        }
+        for kind, name in sorted(registry.makers, key=order)
+    ]
+
+
+def _plugins(arguments: argparse.Namespace) -> int:
+    from mailframe.registry import discover
+
+    registry = discover()
+    rows = _plugin_rows(registry)
+    if arguments.json:
+        for row in rows:
+            print(json.dumps(row))
+        for problem in registry.problems:
+            print(json.dumps({"module": problem.module, "problem": problem.message,
+                              "detail": problem.detail}))
+    else:
+        columns = ("kind", "name", "distribution", "description")
+        table = [{column: column.upper() for column in columns}, *rows]
+        widths = {column: max(len(row[column]) for row in table) for column in columns[:-1]}
+        for row in table:
+            cells = [row[column].ljust(widths[column]) for column in columns[:-1]]
+            print("  ".join([*cells, row["description"]]).rstrip())
+        for problem in registry.problems:
+            print(f"mailframe plugins: {problem.module}: {problem.message}", file=sys.stderr)
+    return 1 if registry.problems else 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,6 +118,16 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="check a config file")
     check.add_argument("file")
     check.set_defaults(run=_check_config)
+    plugins = commands.add_parser(
+        "plugins", help="list the component plugins", description=_PLUGINS_HELP,
+        epilog=_PLUGINS_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    plugins.add_argument("--json", action="store_true",
+                         help="one JSON object per line: each plugin's kind, name,"
+                              " description, distribution and module; then each"
+                              " problem's module, message (problem) and traceback"
+                              " (detail)")
+    plugins.set_defaults(run=_plugins)
     add_queue_command(commands)
     return parser
 

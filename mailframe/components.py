@@ -31,6 +31,7 @@ type is an error that names the key and its line.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -75,7 +76,9 @@ def parse_duration(value: object) -> float:
             seconds = float(text) * unit
         except ValueError:
             raise ValueError(f"{value!r} is not a duration such as 30s, 5m, 4h or 5d") from None
-    if seconds < 0 or seconds != seconds:
+    if not math.isfinite(seconds):
+        raise ValueError(f"{value!r} is not a duration such as 30s, 5m, 4h or 5d")
+    if seconds < 0:
         raise ValueError("a duration cannot be negative")
     return seconds
 
@@ -202,7 +205,8 @@ class Setting:
         parsed = SETTING_TYPES[self.type](value)
         if self.minimum is not None and parsed < self.minimum:
             raise ValueError(f"must be at least {self.minimum:g}")
-        if self.choices and parsed not in self.choices:
+        values = parsed if self.type == "strings" else (parsed,)
+        if self.choices and any(value not in self.choices for value in values):
             raise ValueError(f"expected one of {', '.join(self.choices)}")
         return parsed
 

@@ -149,7 +149,9 @@ def build_mail_service(
     transports: dict[str, IDeliveryTransport] = {
         name: components.get("transport", name) for name in config.transports
     }
-    shared = [components.get("policy", name) for name in config.policies]
+    # Relay control is built per listener below, with the listener's networks.
+    shared = [components.get("policy", name) for name in config.policies
+              if name != "relay-control"]
     if IRecipientValidator.providedBy(router) and "router-check" not in config.policies:
         # What the router's own tables would refuse is refused at RCPT.
         shared.append(components.get("policy", "router-check"))

@@ -333,8 +333,8 @@ class IComponentMaker(IPlugin):
     name = Attribute("The unique name that a config file uses.")
     description = Attribute("One line for the user.")
     schema = Attribute(
-        "A mapping of setting name to (type, default, description); keys that"
-        " it does not list are refused when a config file is checked."
+        "A mapping of setting name to :class:`mailframe.components.Setting`;"
+        " keys that it does not list are refused when a config file is checked."
     )
 
     def build(settings: Any, context: Any) -> Any:

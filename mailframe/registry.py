@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
+from twisted.logger import Logger
 from twisted.plugin import getPlugins
 
 from mailframe.components import SettingError
@@ -103,11 +104,16 @@ def discover(package: Any = None) -> Registry:
     modules: dict[tuple[str, str], str] = {}
     problems: list[PluginProblem] = []
     for maker in getPlugins(IComponentMaker, package):
+        if any(maker is known for known in makers.values()):
+            # Another plugin module imported it: the same plugin again.
+            continue
         key = (maker.kind, maker.name)
         module = _module_of(maker, package)
-        if key in makers:
+        # One name is one [plugins.NAME] table, whatever the kind.
+        taken = next((k for k in makers if k[1] == maker.name), None)
+        if taken is not None:
             problems.append(PluginProblem(
-                module, f"a {maker.kind} plugin named {maker.name!r} is also in {modules[key]};"
+                module, f"a {taken[0]} plugin named {maker.name!r} is also in {modules[taken]};"
                         " the first is used"))
             continue
         makers[key] = maker
@@ -194,11 +200,13 @@ class Components:
             raise ConfigError(key, str(error), self.config.line_of(key)) from None
         section = f"plugins.{name}"
         settings = self.config.plugin_settings(name)
+        context.setdefault("log", Logger(namespace=f"mailframe.plugins.{kind}.{name}"))
         try:
             return maker.build(settings, attrs.evolve(self.context, **context))
         except SettingError as error:
             key = f"{section}.{error.key}"
-            line = self.config.line_of(key) or self.config.line_of(section)
+            line = (self.config.line_of(key) or self.config.line_of(section)
+                    or self.config.line_of(_selector(kind)))
             raise ConfigError(key, error.message, line) from None
         except ConfigError:
             raise
@@ -225,7 +233,7 @@ class Components:
                 except LookupError as error:
                     key = _selector(kind)
                     raise ConfigError(key, str(error), config.line_of(key)) from None
-                self._check_settings(maker, name)
+                self._check_settings(maker, name, _selector(kind))
                 checked.add(name)
         for name, _ in config.plugins:
             if name in checked:
@@ -235,9 +243,9 @@ class Components:
                 key = f"plugins.{name}"
                 raise ConfigError(key, f"no plugin named {name!r} is installed",
                                   config.line_of(key))
-            self._check_settings(makers[0], name)
+            self._check_settings(makers[0], name, f"plugins.{name}")
 
-    def _check_settings(self, maker: Any, name: str) -> None:
+    def _check_settings(self, maker: Any, name: str, selector: str) -> None:
         check = getattr(maker, "check", None)
         if check is None:
             return
@@ -245,7 +253,8 @@ class Components:
             check(self.config.plugin_settings(name))
         except SettingError as error:
             key = f"plugins.{name}.{error.key}"
-            line = self.config.line_of(key) or self.config.line_of(f"plugins.{name}")
+            line = (self.config.line_of(key) or self.config.line_of(f"plugins.{name}")
+                    or self.config.line_of(selector))
             raise ConfigError(key, error.message, line) from None
 
     def selected(self) -> list[tuple[str, Iterable[str]]]:
