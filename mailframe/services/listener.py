@@ -29,15 +29,33 @@ class ListeningService(Service):
         self.description = description
         self.port: IListeningPort | None = None
         self.listening: Deferred[IListeningPort] = Deferred()
+        self._started: Deferred[IListeningPort] | None = None
+
+    def privilegedStartService(self) -> None:
+        """
+        Listen now, while twistd still has the privileges that a port below
+        1024 needs (before ``--uid``/``--gid`` take effect), but accept no
+        connection until :meth:`startService`: the queue must recover
+        first. Connections that arrive meanwhile wait in the backlog.
+        """
+        super().privilegedStartService()
+        self._listen(accepting=False)
 
     def startService(self) -> None:
         super().startService()
+        if self._started is None:
+            self._listen(accepting=True)
+        elif self.port is not None:
+            _accept(self.port, True)
 
+    def _listen(self, accepting: bool) -> None:
         def listened(port: IListeningPort) -> IListeningPort:
             self.port = port
+            _accept(port, accepting or bool(self.running))
             return port
 
-        self.endpoint.listen(self.factory).addCallback(listened).chainDeferred(self.listening)
+        self._started = self.endpoint.listen(self.factory).addCallback(listened)
+        self._started.chainDeferred(self.listening)
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
@@ -45,3 +63,10 @@ class ListeningService(Service):
         if port is None:
             return succeed(None)
         return port.stopListening() or succeed(None)
+
+
+def _accept(port: IListeningPort, accepting: bool) -> None:
+    """Start or stop accepting connections on *port*, where it can."""
+    method = getattr(port, "startReading" if accepting else "stopReading", None)
+    if method is not None:
+        method()
