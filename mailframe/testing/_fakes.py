@@ -10,6 +10,7 @@ from twisted.internet.defer import Deferred, fail, gatherResults, maybeDeferred,
 from zope.interface import implementer
 
 from mailframe.address import Mailbox, ReversePath, parse_reverse_path
+from mailframe.components import ComponentMaker, Setting
 from mailframe.envelope import (
     DeliveryStatus,
     Envelope,
@@ -229,22 +230,68 @@ def _name_key(name: str) -> str:
         return name.lower()
 
 
+#: The setting type of each Python type that a ``(type, default,
+#: description)`` schema entry of :class:`FakeComponentMaker` may name.
+_SETTING_TYPES: Mapping[type, str] = {
+    str: "string",
+    int: "integer",
+    float: "number",
+    bool: "boolean",
+    list: "strings",
+    tuple: "strings",
+    dict: "table",
+}
+
+
+def _setting(value: Setting | tuple[Any, ...]) -> Setting:
+    if isinstance(value, Setting):
+        return value
+    kind, default, description = value
+    if kind not in _SETTING_TYPES:
+        raise ValueError(f"no setting type for {kind!r}; give a Setting instead")
+    return Setting(_SETTING_TYPES[kind], default, description)
+
+
+def _schema(schema: Mapping[str, Setting | tuple[Any, ...]]) -> Mapping[str, Setting]:
+    return {key: _setting(value) for key, value in schema.items()}
+
+
 @implementer(IComponentMaker)
 @attrs.frozen
 class FakeComponentMaker:
     """
-    A component maker from a plain callable: ``build`` checks the settings'
-    keys against *schema* and calls ``factory(settings, context)``.
+    A component maker from a plain callable, for tests: it builds as a
+    :class:`~mailframe.components.ComponentMaker` of the same fields does,
+    so ``build`` checks the settings against *schema* (an unknown key, a
+    missing required one or a value of the wrong type is a
+    :class:`~mailframe.components.SettingError`), fills in the defaults,
+    and calls ``factory(settings, context)``.
+
+    :ivar schema: setting name to a :class:`~mailframe.components.Setting`,
+        or, for short, to a ``(type, default, description)`` tuple whose
+        type is ``str``, ``int``, ``float``, ``bool``, ``list`` (of
+        strings) or ``dict``.
     """
 
     kind: str
     name: str
     description: str
     factory: Callable[[Mapping[str, Any], Any], Any]
-    schema: Mapping[str, tuple[type, Any, str]] = attrs.field(factory=dict)
+    schema: Mapping[str, Setting] = attrs.field(factory=dict, converter=_schema)
+    durable: bool = True
+    #: The :class:`~mailframe.components.ComponentMaker` that builds; made
+    #: with the maker, so that a bad kind or name fails at once.
+    maker: ComponentMaker = attrs.field(init=False, repr=False, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        maker = ComponentMaker(self.kind, self.name, self.description, self.factory,
+                               self.schema, self.durable)
+        object.__setattr__(self, "maker", maker)
+
+    def check(self, settings: Mapping[str, Any]) -> dict[str, Any]:
+        """The checked settings, with the defaults of those not given."""
+        return self.maker.check(settings)
 
     def build(self, settings: Mapping[str, Any], context: Any) -> Any:
-        unknown = set(settings) - set(self.schema)
-        if unknown:
-            raise ValueError(f"unknown settings for {self.name}: {', '.join(sorted(unknown))}")
-        return self.factory(settings, context)
+        """Check *settings* and call the factory with them and *context*."""
+        return self.maker.build(settings, context)
