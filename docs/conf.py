@@ -23,6 +23,8 @@ from sphinx.util.nodes import nested_parse_with_titles
 #: installed copy.
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
 sys.path.insert(0, ROOT)
+# The extensions of these pages: the generated configuration reference.
+sys.path.insert(0, os.path.join(ROOT, "docs", "_ext"))
 
 
 def _version() -> str:
@@ -40,6 +42,7 @@ version = ".".join(release.split(".")[:2])
 extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.viewcode",
+    "mailframe_configref",
 ]
 
 exclude_patterns = ["_build"]
