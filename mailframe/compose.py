@@ -155,6 +155,10 @@ def build_mail_service(
     if IRecipientValidator.providedBy(router) and "router-check" not in config.policies:
         # What the router's own tables would refuse is refused at RCPT.
         shared.append(components.get("policy", "router-check"))
+    last: list[IPolicy] = []
+    if config.hold and "hold-all" not in config.policies:
+        # Asked last of all, so that every other policy may still refuse.
+        last.append(components.get("policy", "hold-all"))
     runner = QueueRunner(
         store, router, transports, reactor,
         schedule=config.retry_schedule,
@@ -176,6 +180,7 @@ def build_mail_service(
             components.build("policy", "relay-control", listener=listener),
             *shared,
             *policies,
+            *last,
         ]
         size = listener.max_message_size
         recipients = listener.max_recipients

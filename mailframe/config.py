@@ -115,6 +115,8 @@ class Config:
         tables, checked against each plugin's schema when it is built.
     :ivar unsafe_store: allow a store that loses mail when the process
         stops (``--unsafe-store``).
+    :ivar hold: put every accepted message on hold (``--hold``), for a
+        maintenance window; ``mailframe queue release`` lets it go.
     :ivar positions: the line of each key of the file the config came
         from, by dotted path, for errors found later.
     :ivar smtp_helo_name: the name outbound SMTP gives in EHLO; by default
@@ -165,6 +167,7 @@ class Config:
     transports: tuple[str, ...] = ("smtp", "maildir", "lmtp", "pipe")
     plugins: tuple[tuple[str, Mapping[str, Any]], ...] = ()
     unsafe_store: bool = False
+    hold: bool = False
     positions: Mapping[str, int] = attrs.field(factory=dict, eq=False, repr=False)
 
     def plugin_settings(self, name: str) -> Mapping[str, Any]:
@@ -560,6 +563,7 @@ _KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "transports": ("transports", _plugin_names),
     "plugins": ("plugins", _plugin_sections),
     "unsafe_store": ("unsafe_store", _boolean),
+    "hold": ("hold", _boolean),
     "smtp_helo_name": ("smtp_helo_name", _hostname),
     "smtp_source_address": ("smtp_source_address", _address(4)),
     "smtp_source_address6": ("smtp_source_address6", _address(6)),

@@ -36,6 +36,7 @@ class Options(usage.Options):
         " the same settings of the --config file."
     )
     optFlags: ClassVar[list[list[str | None]]] = [
+        ["hold", None, "Put every accepted message on hold (for a maintenance window)."],
         ["unsafe-store", None,
          "Allow a queue store that loses mail when the process stops (store = memory)."],
     ]
@@ -104,6 +105,8 @@ class Options(usage.Options):
             values["auth_checker"] = self["auth"]
         if self["unsafe-store"]:
             values["unsafe_store"] = True
+        if self["hold"]:
+            values["hold"] = True
         try:
             base = load_config(self["config"]) if self["config"] else Config()
             self.config = settings_from(values, base)

@@ -68,3 +68,30 @@ def test_checkers_accept_what_auth_gives(description: str, tmp_path: object) -> 
         results.append)
     assert results[0] in ("alice", b"alice")
     assert results[1].check(UnauthorizedLogin)  # type: ignore[attr-defined]
+
+
+def test_hold_puts_every_message_on_hold_after_the_other_policies(tmp_path: object) -> None:
+    from mailframe.policies.hold import HoldAll
+
+    reactor = PoolReactor()
+    config = Config(queue_dir=str(tmp_path), hostname="mx.example.com", hold=True)
+    service = compose.build_mail_service(config, reactor, max_connections=50)
+    [listener] = service.listeners
+    chain = listener.factory.policies
+    assert isinstance(chain[-1], HoldAll)
+    assert not any(isinstance(p, HoldAll) for p in chain[:-1])
+    plain = compose.build_mail_service(Config(queue_dir=str(tmp_path)), reactor)
+    assert not any(isinstance(p, HoldAll) for p in plain.listeners[0].factory.policies)
+
+
+def test_discard_store_needs_unsafe_store(tmp_path: object) -> None:
+    from mailframe.errors import ConfigError
+    from mailframe.stores.discard import DiscardQueueStore
+
+    reactor = PoolReactor()
+    with pytest.raises(ConfigError) as caught:
+        compose.build_mail_service(Config(queue_dir=str(tmp_path), store="discard"), reactor)
+    assert caught.value.key == "store"
+    service = compose.build_mail_service(
+        Config(queue_dir=str(tmp_path), store="discard", unsafe_store=True), reactor)
+    assert isinstance(service.store, DiscardQueueStore)

@@ -4,6 +4,7 @@ mailframe's own components, as plugins: found by the same
 """
 
 from mailframe.policies.dnsbl import dnsbl_maker
+from mailframe.policies.hold import hold_all_maker
 from mailframe.policies.limits import limits_maker
 from mailframe.policies.relay import relay_control_maker
 from mailframe.policies.users import local_users_maker
@@ -12,6 +13,7 @@ from mailframe.routing.chain import chain_maker
 from mailframe.routing.local import local_maker
 from mailframe.routing.routers import mx_maker, smarthost_maker
 from mailframe.routing.table import table_maker
+from mailframe.stores.discard import discard_maker
 from mailframe.stores.memory import memory_maker
 from mailframe.stores.spool import spool_maker
 from mailframe.transports.lmtp import lmtp_maker
@@ -21,7 +23,9 @@ from mailframe.transports.smtp import smtp_maker
 
 __all__ = [
     "chain_maker",
+    "discard_maker",
     "dnsbl_maker",
+    "hold_all_maker",
     "limits_maker",
     "lmtp_maker",
     "local_maker",
