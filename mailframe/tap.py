@@ -55,6 +55,8 @@ class Options(usage.Options):
         ["smtp-port", None, None, "The port of MX hosts (default 25)."],
         ["retry-schedule", None, None,
          "Comma-separated retry intervals; the last repeats (default 5m,10m,20m,40m,67m)."],
+        ["store", None, None,
+         "The queue store plugin (default spool; memory and discard need --unsafe-store)."],
         ["max-queue-lifetime", None, None,
          "How long a message may wait before it bounces (default 5d)."],
         ["delay-warning", None, None,
@@ -98,7 +100,7 @@ class Options(usage.Options):
                 values[key] = self[option]
         for option in ("hostname", "queue-dir", "local-users", "max-message-size",
                        "max-recipients", "tls-cert", "tls-key", "smarthost", "smtp-port",
-                       "retry-schedule", "max-queue-lifetime", "delay-warning"):
+                       "retry-schedule", "max-queue-lifetime", "delay-warning", "store"):
             if self[option] is not None:
                 values[option.replace("-", "_")] = self[option]
         if self["auth"] is not None:

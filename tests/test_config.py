@@ -308,3 +308,13 @@ def test_queue_lifetime_options() -> None:
     with pytest.raises(usage.UsageError) as caught:
         Options().parseOptions(["--delay-warning", "later"])
     assert str(caught.value).startswith("--delay-warning: ")
+
+
+def test_store_and_hold_options() -> None:
+    options = Options()
+    options.parseOptions(["--store", "discard", "--unsafe-store", "--hold"])
+    config = options.config
+    assert (config.store, config.unsafe_store, config.hold) == ("discard", True, True)
+    with pytest.raises(usage.UsageError) as caught:
+        Options().parseOptions(["--store", "Not A Name"])
+    assert str(caught.value).startswith("--store: ")
