@@ -15,6 +15,8 @@ Besides commands, the core reads the responses of an AUTH exchange
 
 from __future__ import annotations
 
+import functools
+
 import attrs
 
 from mailframe.address import Mailbox, ReversePath
@@ -357,30 +359,10 @@ class ServerConnection:
         self._advertise()
 
     def _advertise(self) -> None:
-        self._advertised = tuple(self._keywords())
-        self._keyword_set = frozenset(k.split(" ")[0].upper() for k in self._advertised)
-        # Commands are recognised by what the server offers, whether or not
-        # the client has said EHLO; STARTTLS stays known once TLS is up, to
-        # be refused with 503.
-        self._offered = self._keyword_set | {"STARTTLS"} if self.tls else self._keyword_set
+        self._advertised, self._keyword_set, self._offered = _offer(
+            self.limits.max_message_size, self._extra, self.tls, self.dsn
+        )
         self.line_limit = self._line_limit()
-
-    def _keywords(self) -> list[str]:
-        size = self.limits.max_message_size
-        extra = self._extra
-        if self.tls:
-            # RFC 3207 §4.2: STARTTLS is not advertised once TLS is up.
-            extra = tuple(k for k in extra if k.split(" ")[0].upper() != "STARTTLS")
-        # DSN is the core's own to advertise, or not.
-        extra = tuple(k for k in extra if k.split(" ")[0].upper() != "DSN")
-        return [
-            "SIZE " + str(size) if size else "SIZE",
-            "8BITMIME",
-            "PIPELINING",
-            "ENHANCEDSTATUSCODES",
-            *(["DSN"] if self.dsn else []),
-            *extra,
-        ]
 
     def _line_limit(self) -> int:
         keywords = self._keyword_set
@@ -808,3 +790,34 @@ def _is_error(command: ev.Command, reply: Reply) -> bool:
         # Postfix's smtpd_recipient_overshoot_limit).
         return False
     return True
+
+
+@functools.lru_cache(maxsize=64)
+def _offer(
+    size: int | None, extra: tuple[str, ...], tls: bool, dsn: bool
+) -> tuple[tuple[str, ...], frozenset[str], frozenset[str]]:
+    """
+    The EHLO keywords (with their parameters), the keywords alone, and the
+    commands recognised, for one set of settings. Sessions with the same
+    settings share these values, so an idle session does not hold copies
+    of its own.
+    """
+    if tls:
+        # RFC 3207 §4.2: STARTTLS is not advertised once TLS is up.
+        extra = tuple(k for k in extra if k.split(" ")[0].upper() != "STARTTLS")
+    # DSN is the core's own to advertise, or not.
+    extra = tuple(k for k in extra if k.split(" ")[0].upper() != "DSN")
+    advertised = (
+        "SIZE " + str(size) if size else "SIZE",
+        "8BITMIME",
+        "PIPELINING",
+        "ENHANCEDSTATUSCODES",
+        *(["DSN"] if dsn else []),
+        *extra,
+    )
+    keywords = frozenset(k.split(" ")[0].upper() for k in advertised)
+    # Commands are recognised by what the server offers, whether or not the
+    # client has said EHLO; STARTTLS stays known once TLS is up, to be
+    # refused with 503.
+    offered = keywords | {"STARTTLS"} if tls else keywords
+    return advertised, keywords, offered

@@ -156,6 +156,9 @@ class ServerSettings:
     dsn: bool = True
 
 
+_NO_REASONS: frozenset[str] = frozenset()
+
+
 class _Throttle:
     """
     Pauses the transport while any reason to pause holds: a queue writer
@@ -164,16 +167,17 @@ class _Throttle:
 
     def __init__(self, transport: interfaces.IPushProducer) -> None:
         self._transport = transport
-        self._reasons: set[str] = set()
+        # Replaced rather than changed: an idle session shares the empty one.
+        self._reasons: frozenset[str] = _NO_REASONS
 
     def hold(self, reason: str) -> None:
         if not self._reasons:
             self._transport.pauseProducing()
-        self._reasons.add(reason)
+        self._reasons = self._reasons | {reason}
 
     def let_go(self, reason: str) -> None:
         if reason in self._reasons:
-            self._reasons.discard(reason)
+            self._reasons = self._reasons - {reason}
             if not self._reasons:
                 self._transport.resumeProducing()
 

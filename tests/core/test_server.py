@@ -712,3 +712,13 @@ def test_eof_while_a_reply_is_owed() -> None:
     assert conn.next_event() is NEED_DATA
     conn.receive_data(b"NOOP\r\n")
     assert conn.next_event() is NEED_DATA
+
+
+def test_sessions_with_equal_settings_share_their_advertisement() -> None:
+    """An idle session keeps no copy of what every session offers alike."""
+    from mailframe.core import ServerConnection
+
+    first, second = ServerConnection("mx.example.com"), ServerConnection("mx.example.com")
+    assert first.advertised is second.advertised
+    other = ServerConnection("mx.example.com", extensions=("AUTH PLAIN",))
+    assert "AUTH" in other.advertised and "AUTH" not in first.advertised
