@@ -114,3 +114,19 @@ def test_queue_scale_small_run(tmp_path: pathlib.Path) -> None:
     saved = json.loads(out.read_text(encoding="utf-8"))
     assert saved["failure"] is None
     assert [s["recovered"] for s in saved["spools"]] == [0, 50, 500]
+
+
+def test_large_message_small_run() -> None:
+    """
+    The large-message benchmark on a 2 MB message: it exits 0 and prints a
+    row per round with the size it sent, and the summary line.
+    """
+    script = REPO / "benchmarks" / "large_message.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--size-mb", "2", "--rounds", "1"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [line.split() for line in result.stdout.splitlines() if line.strip()[:1].isdigit()]
+    assert len(rows) == 1 and float(rows[0][1]) > 2.0, result.stdout
+    assert "median rise of peak RSS for a 2 MB message:" in result.stdout, result.stdout
