@@ -25,8 +25,9 @@ __all__ = ["DiscardQueueStore", "discard_maker"]
 
 @implementer(IQueueWriter)
 class _DiscardWriter:
-    def __init__(self, queue_id: str) -> None:
+    def __init__(self, store: DiscardQueueStore, queue_id: str) -> None:
         self.queue_id = queue_id
+        self._store = store
         self.size = 0
         self._producer: Any = None
 
@@ -45,6 +46,7 @@ class _DiscardWriter:
     def commit(self, envelope: Envelope, hold: str | None = None) -> defer.Deferred[str]:
         if not envelope.recipients:
             return defer.fail(ValueError("an envelope without recipients cannot be queued"))
+        self._store.committed += 1
         return defer.succeed(self.queue_id)
 
     def abort(self) -> None:
@@ -72,20 +74,7 @@ class DiscardQueueStore:
         return True
 
     def open_writer(self) -> _DiscardWriter:
-        writer = _DiscardWriter(new_queue_id(self._random, self._clock.seconds()))
-        original = writer.commit
-
-        def commit(envelope: Envelope, hold: str | None = None) -> defer.Deferred[str]:
-            d = original(envelope, hold)
-            d.addCallback(self._count)
-            return d
-
-        writer.commit = commit  # type: ignore[method-assign]
-        return writer
-
-    def _count(self, queue_id: str) -> str:
-        self.committed += 1
-        return queue_id
+        return _DiscardWriter(self, new_queue_id(self._random, self._clock.seconds()))
 
     def open_message(self, queue_id: str) -> defer.Deferred[BinaryIO]:
         return defer.fail(NoSuchEntry(queue_id))
