@@ -57,9 +57,8 @@ Call :meth:`LMTPTransport.stop` when the service stops.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
-from typing import IO, Any
+from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred, DeferredList, succeed
@@ -72,7 +71,7 @@ from mailframe.address import Mailbox
 from mailframe.components import ComponentMaker, Setting, SettingError
 from mailframe.core import ClientLimits
 from mailframe.envelope import DeliveryStatus, DSNOptions, QueueEntry, RecipientResult, Route
-from mailframe.errors import MailframeError, PermanentDeliveryError
+from mailframe.errors import MailframeError
 from mailframe.interfaces import IDeliveryTransport, IQueueStore
 from mailframe.protocols.client import (
     ClientSettings,
@@ -81,10 +80,17 @@ from mailframe.protocols.client import (
     SessionRejected,
     SMTPClientProtocol,
     Transaction,
-    header_has_non_ascii,
 )
 from mailframe.reply import Reply
-from mailframe.transports.smtp import _dsn_options
+from mailframe.transports._outgoing import (
+    BAD_ROUTE,
+    SHUTTING_DOWN,
+    OutgoingMessage,
+    dsn_options,
+    fail_all,
+    open_outgoing,
+    status_of,
+)
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
@@ -103,10 +109,6 @@ DEFAULT_CONNECT_TIMEOUT = 30.0
 DEFAULT_RECIPIENTS_PER_TRANSACTION = 50
 
 _DEFAULT_LIMITS = ClientLimits()
-
-_SHUTTING_DOWN = Reply(451, "4.3.2", "Mail system shutting down; will try again")
-# RFC 3463 §3.4: X.3.5, system incorrectly configured.
-_BAD_ROUTE = "4.3.5"
 
 
 def _check_lhlo(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
@@ -141,28 +143,10 @@ class LMTPTransportSettings:
 class _BadRoute(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
-        self.reply = Reply(451, _BAD_ROUTE, f"Bad LMTP route: {reason}")
+        self.reply = Reply(451, BAD_ROUTE, f"Bad LMTP route: {reason}")
 
 
-@attrs.frozen
-class _Message:
-    """The message of one delivery, as it is sent."""
 
-    file: IO[bytes]
-    prefix: bytes
-    size: int
-    utf8_headers: bool
-
-
-def _fail(items: Sequence[tuple[Mailbox, Mailbox]], reply: Reply, status: DeliveryStatus,
-          remote: str | None = None) -> list[RecipientResult]:
-    return [RecipientResult(r, status, reply, original=o, remote=remote) for r, o in items]
-
-
-def _status(error: MailframeError) -> DeliveryStatus:
-    if isinstance(error, PermanentDeliveryError):
-        return DeliveryStatus.PERMANENT
-    return DeliveryStatus.TRANSIENT
 
 
 def parse_endpoint(reactor: Any, text: str) -> IStreamClientEndpoint:
@@ -244,27 +228,27 @@ class LMTPTransport:
         if not recipients:
             return []
         if route.reject is not None:
-            return _fail(recipients, route.reject, DeliveryStatus.PERMANENT)
+            return fail_all(recipients, route.reject, DeliveryStatus.PERMANENT)
         if self._stopping:
-            return _fail(recipients, _SHUTTING_DOWN, DeliveryStatus.TRANSIENT)
+            return fail_all(recipients, SHUTTING_DOWN, DeliveryStatus.TRANSIENT)
         try:
             text, endpoint = self._endpoint(route)
         except _BadRoute as error:
             self.log.error("Bad LMTP route {route}: {reason}", route=route, reason=str(error))
-            return _fail(recipients, error.reply, DeliveryStatus.TRANSIENT)
+            return fail_all(recipients, error.reply, DeliveryStatus.TRANSIENT)
         try:
             message = await self._open_message(entry)
         except Exception:
             self.log.failure("Cannot read the message of {queue_id}", queue_id=entry.queue_id)
             reply = Reply(451, "4.3.0", "Cannot read the queued message")
-            return _fail(recipients, reply, DeliveryStatus.TRANSIENT)
+            return fail_all(recipients, reply, DeliveryStatus.TRANSIENT)
         results: list[RecipientResult] = []
         try:
             await self._deliver_to(text, endpoint, entry, message, recipients, results)
         except Exception:
             self.log.failure("LMTP delivery of {queue_id} failed", queue_id=entry.queue_id)
             reply = Reply(451, "4.3.0", "Local error in the LMTP transport")
-            results.extend(_fail(recipients[len(results):], reply, DeliveryStatus.TRANSIENT))
+            results.extend(fail_all(recipients[len(results):], reply, DeliveryStatus.TRANSIENT))
         finally:
             message.file.close()
         return results
@@ -278,24 +262,13 @@ class LMTPTransport:
         except ValueError as error:
             raise _BadRoute(str(error)) from None
 
-    async def _open_message(self, entry: QueueEntry) -> _Message:
-        envelope = entry.envelope
-        file: IO[bytes] = await self.store.open_message(entry.queue_id)
-        try:
-            prefix = b"".join(header.encode("utf-8") + b"\r\n"
-                              for header in envelope.added_headers)
-            file.seek(0, os.SEEK_END)
-            size = len(prefix) + file.tell()
-            file.seek(0)
-            utf8 = envelope.smtputf8 and header_has_non_ascii(prefix, file)
-        except BaseException:
-            file.close()
-            raise
-        return _Message(file, prefix, size, utf8)
+    async def _open_message(self, entry: QueueEntry) -> OutgoingMessage:
+        return await open_outgoing(self.store, entry)
 
     async def _deliver_to(
-        self, text: str, endpoint: IStreamClientEndpoint, entry: QueueEntry, message: _Message,
-        items: list[tuple[Mailbox, Mailbox]], out: list[RecipientResult],
+        self, text: str, endpoint: IStreamClientEndpoint, entry: QueueEntry,
+        message: OutgoingMessage, items: list[tuple[Mailbox, Mailbox]],
+        out: list[RecipientResult],
     ) -> None:
         """Deliver in batches over one connection, appending to *out* in order."""
         envelope = entry.envelope
@@ -306,11 +279,11 @@ class LMTPTransport:
             for start in range(0, len(items), size):
                 batch = items[start : start + size]
                 if failure is None and self._stopping:
-                    failure = SessionFailed(_SHUTTING_DOWN)
+                    failure = SessionFailed(SHUTTING_DOWN)
                 if failure is not None:
-                    out.extend(_fail(batch, failure.reply, _status(failure), text))
+                    out.extend(fail_all(batch, failure.reply, status_of(failure), text))
                     continue
-                dsn = [_dsn_options(envelope, r, o) for r, o in batch]
+                dsn = [dsn_options(envelope, r, o) for r, o in batch]
                 transaction = Transaction(
                     envelope.sender, [r for r, _ in batch], message.file, message.size,
                     prefix=message.prefix, body=envelope.body, smtputf8=envelope.smtputf8,
@@ -328,7 +301,7 @@ class LMTPTransport:
                                           endpoint=text, reply=str(error.reply),
                                           queue_id=entry.queue_id)
                             failure = error
-                            out.extend(_fail(batch, error.reply, _status(error), text))
+                            out.extend(fail_all(batch, error.reply, status_of(error), text))
                             break
                     try:
                         results = await protocol.deliver(transaction)
@@ -338,7 +311,7 @@ class LMTPTransport:
                         protocol = None
                         if retried:
                             failure = error
-                            out.extend(_fail(batch, error.reply, DeliveryStatus.TRANSIENT,
+                            out.extend(fail_all(batch, error.reply, DeliveryStatus.TRANSIENT,
                                              text))
                             break
                         retried = True
@@ -370,7 +343,7 @@ class LMTPTransport:
             await connecting
         except Exception as error:
             if self._stopping:
-                raise SessionFailed(_SHUTTING_DOWN) from None
+                raise SessionFailed(SHUTTING_DOWN) from None
             why = (str(error) if timer.active()
                    else f"no connection in {settings.connect_timeout:g} seconds")
             # RFC 3463 §3.5: X.4.1, no answer from host.

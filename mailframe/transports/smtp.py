@@ -76,12 +76,11 @@ connections at once, and the others once their transaction is done.
 from __future__ import annotations
 
 import ipaddress
-import os
 import random as _random
 import re
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import IO, Any, cast
+from typing import Any, cast
 
 import attrs
 from twisted.internet import ssl
@@ -91,13 +90,12 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from mailframe.address import Mailbox, is_domain, original_recipient
+from mailframe.address import Mailbox, is_domain
 from mailframe.components import ComponentMaker
 from mailframe.core import ClientLimits
 from mailframe.envelope import (
     DeliveryStatus,
     DSNOptions,
-    Envelope,
     QueueEntry,
     RecipientResult,
     Route,
@@ -114,11 +112,19 @@ from mailframe.protocols.client import (
     TLSFailed,
     TLSPolicy,
     Transaction,
-    header_has_non_ascii,
 )
 from mailframe.reply import Reply
 from mailframe.routing._dnserrors import DNSNameNotFound, DNSTemporaryError, ascii_name
 from mailframe.routing.mx import DEFAULT_MAX_ADDRESSES, MXHost, resolve_mx
+from mailframe.transports._outgoing import (
+    BAD_ROUTE,
+    SHUTTING_DOWN,
+    OutgoingMessage,
+    dsn_options,
+    fail_all,
+    open_outgoing,
+    status_of,
+)
 
 __all__ = [
     "DEFAULT_IDLE_TIMEOUT",
@@ -140,10 +146,6 @@ DEFAULT_IDLE_TIMEOUT = 30.0
 #: Seconds to wait for a TCP connection to be accepted, as Postfix's
 #: ``smtp_connect_timeout``.
 DEFAULT_CONNECT_TIMEOUT = 30.0
-
-_SHUTTING_DOWN = Reply(451, "4.3.2", "Mail system shutting down; will try again")
-# RFC 3463 §3.4: X.3.5, system incorrectly configured.
-_BAD_ROUTE = "4.3.5"
 
 _PEM_CERTIFICATE = re.compile(
     rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL
@@ -306,7 +308,7 @@ class _Destination:
 class _BadRoute(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
-        self.reply = Reply(451, _BAD_ROUTE, f"Bad SMTP route: {reason}")
+        self.reply = Reply(451, BAD_ROUTE, f"Bad SMTP route: {reason}")
 
 
 def _split_nexthop(text: str) -> tuple[str, int | None]:
@@ -395,40 +397,6 @@ class _Pool:
         self.waiters: deque[Deferred[_Connection | None]] = deque()
 
 
-@attrs.frozen
-class _Message:
-    """The message of one delivery, as it is sent."""
-
-    file: IO[bytes]
-    prefix: bytes
-    size: int
-    utf8_headers: bool
-
-
-def _fail(items: Sequence[tuple[Mailbox, Mailbox]], reply: Reply, status: DeliveryStatus,
-          remote: str | None = None) -> list[RecipientResult]:
-    return [RecipientResult(r, status, reply, original=o, remote=remote) for r, o in items]
-
-
-def _dsn_options(envelope: Envelope, recipient: Mailbox, original: Mailbox) -> DSNOptions:
-    """
-    What RCPT asks of DSN for *recipient*: the options the envelope's
-    *original* recipient gave, and, when it gave no ORCPT and the router
-    changed the address, an ORCPT that names *original* (RFC 3461 §5.2.1:
-    an added ORCPT carries the address of the RCPT that was received).
-    """
-    options = envelope.dsn_options(original)
-    if options.orcpt is None and recipient != original:
-        options = attrs.evolve(options, orcpt=original_recipient(original))
-    return options
-
-
-def _status(error: MailframeError) -> DeliveryStatus:
-    if isinstance(error, PermanentDeliveryError):
-        return DeliveryStatus.PERMANENT
-    return DeliveryStatus.TRANSIENT
-
-
 @implementer(IDeliveryTransport)
 class SMTPTransport:
     """
@@ -487,7 +455,7 @@ class SMTPTransport:
         for pool in list(self._pools.values()):
             waiters, pool.waiters = pool.waiters, deque()
             for waiter in waiters:
-                waiter.errback(SessionFailed(_SHUTTING_DOWN))
+                waiter.errback(SessionFailed(SHUTTING_DOWN))
             for connection in list(pool.idle):
                 self._retire(connection)
         for d in list(self._connecting):
@@ -515,20 +483,20 @@ class SMTPTransport:
             for index, result in zip(indices, outcome, strict=True):
                 results[index] = result
 
-        message: _Message | None = None
+        message: OutgoingMessage | None = None
         if not recipients:
             return []
         try:
             if route.reject is not None:
-                return _fail(recipients, route.reject, DeliveryStatus.PERMANENT)
+                return fail_all(recipients, route.reject, DeliveryStatus.PERMANENT)
             if self._stopping:
-                return _fail(recipients, _SHUTTING_DOWN, DeliveryStatus.TRANSIENT)
+                return fail_all(recipients, SHUTTING_DOWN, DeliveryStatus.TRANSIENT)
             try:
                 groups = self._destinations(route, recipients)
             except _BadRoute as error:
                 self.log.error("Bad SMTP route {route}: {reason}", route=route,
                                reason=str(error))
-                return _fail(recipients, error.reply, DeliveryStatus.TRANSIENT)
+                return fail_all(recipients, error.reply, DeliveryStatus.TRANSIENT)
             for destination, indices in groups:
                 items = [recipients[i] for i in indices]
                 if message is None:
@@ -552,22 +520,8 @@ class SMTPTransport:
             recipients[i][0], DeliveryStatus.TRANSIENT, reply, original=recipients[i][1])
             for i, r in enumerate(results)]
 
-    async def _open_message(self, entry: QueueEntry) -> _Message:
-        envelope = entry.envelope
-        file: IO[bytes] = await self.store.open_message(entry.queue_id)
-        try:
-            prefix = b"".join(header.encode("utf-8") + b"\r\n"
-                              for header in envelope.added_headers)
-            file.seek(0, os.SEEK_END)
-            size = len(prefix) + file.tell()
-            file.seek(0)
-            # Only a message with the SMTPUTF8 flag may need it for its
-            # headers (see mailframe.protocols.client).
-            utf8 = envelope.smtputf8 and header_has_non_ascii(prefix, file)
-        except BaseException:
-            file.close()
-            raise
-        return _Message(file, prefix, size, utf8)
+    async def _open_message(self, entry: QueueEntry) -> OutgoingMessage:
+        return await open_outgoing(self.store, entry)
 
     def _destinations(
         self, route: Route, recipients: list[tuple[Mailbox, Mailbox]]
@@ -638,7 +592,7 @@ class SMTPTransport:
         return [(destination.name, address) for address in usable]
 
     async def _deliver_to(
-        self, destination: _Destination, entry: QueueEntry, message: _Message,
+        self, destination: _Destination, entry: QueueEntry, message: OutgoingMessage,
         items: list[tuple[Mailbox, Mailbox]],
     ) -> list[RecipientResult]:
         """Deliver to one destination, in batches, over one connection at a time."""
@@ -648,7 +602,7 @@ class SMTPTransport:
             self.log.info("{queue_id}: no hosts for {destination}: {reply}",
                           queue_id=entry.queue_id, destination=str(destination),
                           reply=str(error.reply))
-            return _fail(items, error.reply, _status(error))
+            return fail_all(items, error.reply, status_of(error))
         envelope = entry.envelope
         size = self.settings.recipients_per_transaction
         out: list[RecipientResult] = []
@@ -658,11 +612,11 @@ class SMTPTransport:
             for start in range(0, len(items), size):
                 batch = items[start : start + size]
                 if failure is None and self._stopping:
-                    failure = SessionFailed(_SHUTTING_DOWN)
+                    failure = SessionFailed(SHUTTING_DOWN)
                 if failure is not None:
-                    out.extend(_fail(batch, failure.reply, _status(failure)))
+                    out.extend(fail_all(batch, failure.reply, status_of(failure)))
                     continue
-                dsn = [_dsn_options(envelope, r, o) for r, o in batch]
+                dsn = [dsn_options(envelope, r, o) for r, o in batch]
                 transaction = Transaction(
                     envelope.sender, [r for r, _ in batch], message.file, message.size,
                     prefix=message.prefix, body=envelope.body, smtputf8=envelope.smtputf8,
@@ -682,7 +636,7 @@ class SMTPTransport:
                             connection = await self._acquire(destination, hosts)
                         except (SessionFailed, SessionRejected) as error:
                             failure = error
-                            out.extend(_fail(batch, error.reply, _status(error)))
+                            out.extend(fail_all(batch, error.reply, status_of(error)))
                             break
                     try:
                         results = await connection.protocol.deliver(transaction)
@@ -690,7 +644,7 @@ class SMTPTransport:
                         self._retire(connection)
                         connection = None
                         if retried:
-                            out.extend(_fail(batch, error.reply, DeliveryStatus.TRANSIENT))
+                            out.extend(fail_all(batch, error.reply, DeliveryStatus.TRANSIENT))
                             break
                         retried = True
                         continue
@@ -799,7 +753,7 @@ class SMTPTransport:
                 policies.append("none")
             for policy in policies:
                 if self._stopping:
-                    raise SessionFailed(_SHUTTING_DOWN)
+                    raise SessionFailed(SHUTTING_DOWN)
                 try:
                     protocol = await self._connect(destination, host, address, policy)
                 except TLSFailed as error:
@@ -818,7 +772,7 @@ class SMTPTransport:
                     break
                 if self._stopping:
                     protocol.quit()
-                    raise SessionFailed(_SHUTTING_DOWN)
+                    raise SessionFailed(SHUTTING_DOWN)
                 connection = _Connection(protocol, pool)
                 protocol.when_closed().addCallback(self._closed_callback, connection)
                 return connection
@@ -857,7 +811,7 @@ class SMTPTransport:
             await connecting
         except Exception as error:
             if self._stopping:
-                raise SessionFailed(_SHUTTING_DOWN) from None
+                raise SessionFailed(SHUTTING_DOWN) from None
             # RFC 3463 §3.5: X.4.1, no answer from host.
             raise SessionFailed(Reply(
                 451, "4.4.1", f"Cannot connect to {host}[{address}]:{destination.port}:"
