@@ -42,12 +42,22 @@ that undoes one leaves the entry in a state that recovery makes due again.
 Every ``fsync``, and all file I/O larger than a ``stat``, runs in a thread
 pool and never on the reactor thread.
 
-One server process owns delivery: leases live in its memory. On start,
-:meth:`SpoolQueueStore.recover` throws away partial writes and moves the
-entries of ``active/``, which may have been under delivery, to
+Leases live in the memory of the server process that claimed the entry.
+On start, :meth:`SpoolQueueStore.recover` throws away partial writes and
+moves the entries of ``active/``, which may have been under delivery, to
 ``deferred/``, due at once; so a crash can deliver a message twice but never
-loses one. The ``mailframe queue`` command uses the same class in another
-process without recovery: its operations read and rename files, and the
+loses one.
+
+Worker processes (``mailframe --workers N``) share one spool. Each has a
+*slot*: it claims into ``active/<slot>/`` and writes into ``tmp/<slot>/``.
+A claim is a rename out of ``incoming/`` or ``deferred/``; when two workers
+race for an entry, one rename fails with ``ENOENT`` and that worker leaves
+the entry to the other. A worker that starts again recovers only its own
+slot, so the entries that the others are delivering stay theirs; the
+supervisor recovers the whole spool once, before any worker starts.
+
+The ``mailframe queue`` command uses the same class in another process
+without recovery: its operations read and rename files, and the
 server, which takes every entry it claims with a rename, never delivers an
 entry that the command moved away.
 """
@@ -132,6 +142,8 @@ _Found_ = list["_Found"]
 _Reasons = list[tuple[str, str]]
 # File names the spool reads back: a queue id, then its suffix.
 _QUEUE_ID = re.compile(r"[0-9A-Za-z_-]{1,64}\Z")
+#: The name of a worker's slot: its own ``active/`` and ``tmp/`` directory.
+_SLOT = re.compile(r"[0-9A-Za-z_-]{1,32}\Z")
 _STATES = (
     EntryState.INCOMING,
     EntryState.ACTIVE,
@@ -160,10 +172,12 @@ class SpoolReactor(Protocol):
 @attrs.frozen
 class _Layout:
     root: str
+    slot: str | None = None
 
     @property
     def tmp(self) -> str:
-        return os.path.join(self.root, "tmp")
+        base = os.path.join(self.root, "tmp")
+        return base if self.slot is None else os.path.join(base, self.slot)
 
     @property
     def env(self) -> str:
@@ -174,10 +188,35 @@ class _Layout:
         return os.path.join(self.root, "trigger")
 
     def directory(self, state: EntryState) -> str:
-        return os.path.join(self.root, state.value)
+        """The directory of *state*; for ``active``, this store's own."""
+        base = os.path.join(self.root, state.value)
+        if state is EntryState.ACTIVE and self.slot is not None:
+            return os.path.join(base, self.slot)
+        return base
+
+    def directories(self, state: EntryState) -> list[str]:
+        """
+        Every directory that holds entries in *state*: for ``active``, this
+        store's own first, then the plain ``active/`` and every worker's
+        ``active/<slot>/`` (read from the disk, so in a thread).
+        """
+        own = self.directory(state)
+        if state is not EntryState.ACTIVE:
+            return [own]
+        base = os.path.join(self.root, state.value)
+        found = [own] if own == base else [own, base]
+        try:
+            names = sorted(os.listdir(base))
+        except FileNotFoundError:
+            names = []
+        for name in names:
+            path = os.path.join(base, name)
+            if path != own and _SLOT.match(name) and os.path.isdir(path):
+                found.append(path)
+        return found
 
     def message(self, state: EntryState, queue_id: str) -> str:
-        return os.path.join(self.root, state.value, queue_id + ".msg")
+        return os.path.join(self.directory(state), queue_id + ".msg")
 
     def envelope(self, queue_id: str) -> str:
         return os.path.join(self.root, "env", queue_id + ".env")
@@ -186,7 +225,7 @@ class _Layout:
         return os.path.join(self.root, "env", queue_id + ".why")
 
     def temporary(self, queue_id: str, suffix: str) -> str:
-        return os.path.join(self.root, "tmp", queue_id + suffix)
+        return os.path.join(self.tmp, queue_id + suffix)
 
 
 @attrs.frozen
@@ -241,6 +280,11 @@ class SpoolQueueStore:
         :meth:`has_room` still wants twice a message's size.
     :param high_water: octets a writer holds (buffered or being written)
         before it pauses its producer; it resumes it below half of that.
+    :param slot: the worker slot of a server that shares the spool with
+        other worker processes (``mailframe --workers``): its claims go to
+        ``active/<slot>/``, its partial writes to ``tmp/<slot>/``, and its
+        :meth:`recover` touches only those. ``None`` for a server that owns
+        the spool alone, and for the ``mailframe queue`` command.
 
     :ivar stats_fsyncs: ``fsync`` calls made, of files and directories.
     :ivar stats_dir_fsyncs: ``fsync`` calls made of directories.
@@ -255,8 +299,12 @@ class SpoolQueueStore:
         random: RandomSource | None = None,
         min_free: int = DEFAULT_MIN_FREE,
         high_water: int = DEFAULT_HIGH_WATER,
+        slot: str | None = None,
     ) -> None:
+        if slot is not None and not _SLOT.match(slot):
+            raise ValueError(f"a worker slot is 1 to 32 letters, digits, - or _, not {slot!r}")
         self.path = os.fspath(path)
+        self.slot = slot
         self.min_free = min_free
         self.high_water = high_water
         self.stats_fsyncs = 0
@@ -265,7 +313,7 @@ class SpoolQueueStore:
         self._reactor = reactor
         self._pool = threadpool if threadpool is not None else reactor.getThreadPool()
         self._random: RandomSource = random if random is not None else SystemRandom()
-        self._layout = _Layout(self.path)
+        self._layout = _Layout(self.path, slot)
         self._lock = threading.Lock()
         self._index = QueueIndex()
         # Entries committed here and not yet claimed, and entries claimed
@@ -769,9 +817,10 @@ class SpoolQueueStore:
         stamp = max(time.time_ns(), os.stat(trigger).st_mtime_ns + 1)
         os.utime(trigger, ns=(stamp, stamp))
 
-    def _locate(self, queue_id: str) -> tuple[EntryState, os.stat_result]:
+    def _locate(self, queue_id: str) -> tuple[EntryState, str, os.stat_result]:
         """
-        The entry's state and its message's ``stat``.
+        The entry's state, its message's path and its ``stat``; an active
+        entry is looked for in every worker's ``active/`` directory.
 
         :raises NoSuchEntry: if no directory holds it, twice in a row (an
             entry that moves while the directories are looked at is seen
@@ -781,10 +830,12 @@ class SpoolQueueStore:
             raise NoSuchEntry(queue_id)
         for _ in range(2):
             for state in _STATES:
-                try:
-                    return state, os.stat(self._layout.message(state, queue_id))
-                except FileNotFoundError:
-                    pass
+                for directory in self._layout.directories(state):
+                    path = os.path.join(directory, queue_id + ".msg")
+                    try:
+                        return state, path, os.stat(path)
+                    except FileNotFoundError:
+                        pass
         raise NoSuchEntry(queue_id)
 
     def _move(self, queue_id: str, source: EntryState, target: EntryState) -> None:
@@ -797,10 +848,10 @@ class SpoolQueueStore:
     ) -> EntryState:
         """Move an entry to *target* from wherever it is; return *target*."""
         for _ in range(3):
-            state, _stat = self._locate(queue_id)
+            state, path, _stat = self._locate(queue_id)
             try:
                 if state is not target:
-                    self._move(queue_id, state, target)
+                    os.rename(path, self._layout.message(target, queue_id))
                 break
             except FileNotFoundError:
                 continue
@@ -815,9 +866,9 @@ class SpoolQueueStore:
 
     def _open_message(self, queue_id: str) -> BinaryIO:
         for _ in range(3):
-            state, _stat = self._locate(queue_id)
+            state, path, _stat = self._locate(queue_id)
             try:
-                raw = io.FileIO(self._layout.message(state, queue_id), "rb")
+                raw = io.FileIO(path, "rb")
             except FileNotFoundError:
                 continue
             try:
@@ -831,7 +882,7 @@ class SpoolQueueStore:
             return cast(BinaryIO, io.BufferedReader(_MessageFile(raw, size)))
         raise NoSuchEntry(queue_id)
 
-    def _document(self, queue_id: str, state: EntryState) -> bytes:
+    def _document(self, queue_id: str, path: str) -> bytes:
         """
         The entry's JSON as it is now: its ``.env`` if it has one, else the
         trailer of its ``.msg``.
@@ -842,7 +893,7 @@ class SpoolQueueStore:
             with open(self._layout.envelope(queue_id), "rb") as f:
                 return f.read()
         except FileNotFoundError:
-            return _read_trailer(self._layout.message(state, queue_id))
+            return _read_trailer(path)
 
     def _why(self, queue_id: str) -> str | None:
         try:
@@ -874,7 +925,8 @@ class SpoolQueueStore:
             if entry is None:
                 try:
                     entry = entry_from_json(
-                        self._document(queue_id, EntryState.ACTIVE), queue_id
+                        self._document(queue_id, self._layout.message(EntryState.ACTIVE, queue_id)),
+                        queue_id,
                     )
                 except FileNotFoundError:
                     # Moved away by another process since the rename: where
@@ -895,9 +947,9 @@ class SpoolQueueStore:
 
     def _write_env(self, entry: QueueEntry, known: QueueEntry | None) -> None:
         queue_id = entry.queue_id
-        state, _stat = self._locate(queue_id)
+        _state, path, _stat = self._locate(queue_id)
         if known is None:
-            known = entry_from_json(self._document(queue_id, state), queue_id)
+            known = entry_from_json(self._document(queue_id, path), queue_id)
             check_recipients(known, entry)
         document = entry_to_json(
             attrs.evolve(
@@ -949,7 +1001,7 @@ class SpoolQueueStore:
         return EntryState.DEFERRED
 
     def _hold(self, queue_id: str, reason: str) -> EntryState:
-        state, _stat = self._locate(queue_id)
+        state, _path, _stat = self._locate(queue_id)
         if state is EntryState.CORRUPT:
             raise EntryStateError(f"{queue_id} is corrupt and cannot be held")
         if state is EntryState.HOLD:
@@ -959,7 +1011,7 @@ class SpoolQueueStore:
         return self._relocate(queue_id, EntryState.HOLD, sync=True)
 
     def _release(self, queue_id: str, now: float) -> EntryState:
-        state, _stat = self._locate(queue_id)
+        state, _path, _stat = self._locate(queue_id)
         if state is not EntryState.HOLD:
             raise EntryStateError(f"{queue_id} is {state.value}, not on hold")
         target = self._relocate(queue_id, EntryState.DEFERRED, when=now, sync=True)
@@ -967,7 +1019,7 @@ class SpoolQueueStore:
         return target
 
     def _requeue(self, queue_id: str, now: float) -> EntryState:
-        state, _stat = self._locate(queue_id)
+        state, _path, _stat = self._locate(queue_id)
         if state is EntryState.ACTIVE:
             raise EntryStateError(f"{queue_id} is being delivered")
         if state is EntryState.CORRUPT:
@@ -978,9 +1030,9 @@ class SpoolQueueStore:
 
     def _delete(self, queue_id: str) -> None:
         for _ in range(3):
-            state, _stat = self._locate(queue_id)
+            _state, path, _stat = self._locate(queue_id)
             try:
-                os.unlink(self._layout.message(state, queue_id))
+                os.unlink(path)
                 break
             except FileNotFoundError:
                 continue
@@ -1013,7 +1065,7 @@ class SpoolQueueStore:
         size = 0
         oldest: float | None = None
         for state in _STATES:
-            for item in _scandir(self._layout.directory(state)):
+            for item in _scandir_all(self._layout.directories(state)):
                 try:
                     size += item.stat().st_size
                 except FileNotFoundError:
@@ -1027,11 +1079,11 @@ class SpoolQueueStore:
     def _load(self, queue_id: str, now: float) -> QueueEntry | None:
         """The entry as the files say now, or ``None``."""
         try:
-            state, stat = self._locate(queue_id)
+            state, path, stat = self._locate(queue_id)
         except NoSuchEntry:
             return None
         try:
-            entry = entry_from_json(self._document(queue_id, state), queue_id)
+            entry = entry_from_json(self._document(queue_id, path), queue_id)
         except (CorruptEntryError, OSError) as e:
             # Nothing of the envelope can be trusted: list the entry with
             # an empty one, so that an operator sees it and can delete it.
@@ -1062,7 +1114,7 @@ class SpoolQueueStore:
     ) -> _Entries:
         def names(start: str | None) -> Iterator[str]:
             for state in states:
-                for item in _scandir(self._layout.directory(state)):
+                for item in _scandir_all(self._layout.directories(state)):
                     queue_id = item.name[:-4]
                     if start is None or queue_id > start:
                         yield queue_id
@@ -1110,7 +1162,8 @@ class SpoolQueueStore:
         """
         Every entry's state, and in ``deferred/`` its next attempt; those of
         ``incoming/`` in the order of their ids, which is the order in which
-        they came.
+        they came. Of the active entries, only this store's own: those of
+        other workers are theirs to finish, or to recover.
         """
         found = []
         for state in _STATES:
@@ -1131,31 +1184,44 @@ class SpoolQueueStore:
 
     def _recover(self, now: float) -> _Scan:
         layout = self._layout
-        made = False
+        made = set()
         for directory in [layout.tmp, layout.env, *(layout.directory(s) for s in _STATES)]:
             if not os.path.isdir(directory):
                 os.makedirs(directory, exist_ok=True)
-                made = True
-        if made:
+                made.add(os.path.dirname(directory))
+        for parent in sorted(made, key=len, reverse=True):
+            self._fsync_dir(parent)
+        if made and layout.root not in made:
             self._fsync_dir(layout.root)
         scan = _Scan()
         for name in os.listdir(layout.tmp):
-            _remove_tree(os.path.join(layout.tmp, name))
-            scan.partial += 1
-        for item in _scandir(layout.directory(EntryState.ACTIVE)):
-            queue_id = item.name[:-4]
+            path = os.path.join(layout.tmp, name)
+            if self.slot is None or not os.path.isdir(path):
+                _remove_tree(path)
+                scan.partial += 1
+        # A server that owns the spool takes back what every worker left
+        # active; a worker only what its own slot did, since the others'
+        # entries may be under delivery now.
+        actives = layout.directories(EntryState.ACTIVE) if self.slot is None else [
+            layout.directory(EntryState.ACTIVE)]
+        deferred = layout.directory(EntryState.DEFERRED)
+        for item in _scandir_all(actives):
             try:
                 os.utime(item.path, (now, now))
-                self._move(queue_id, EntryState.ACTIVE, EntryState.DEFERRED)
+                os.rename(item.path, os.path.join(deferred, item.name))
             except FileNotFoundError:
                 continue  # held or deleted by a ``mailframe queue`` meanwhile
             scan.reactivated += 1
         scan.found = self._scan_states(now)
-        present = {f.queue_id for f in scan.found}
-        for name in os.listdir(layout.env):
-            if name.endswith((".env", ".why")) and name[:-4] not in present:
-                _unlink(os.path.join(layout.env, name))
-                scan.orphans += 1
+        if self.slot is None:
+            # With workers about, an entry that moves between the
+            # directories while they are scanned could look gone: only a
+            # server that owns the spool removes leftovers.
+            present = {f.queue_id for f in scan.found}
+            for name in os.listdir(layout.env):
+                if name.endswith((".env", ".why")) and name[:-4] not in present:
+                    _unlink(os.path.join(layout.env, name))
+                    scan.orphans += 1
         try:
             self._trigger_seen = os.stat(layout.trigger).st_mtime_ns
         except FileNotFoundError:
@@ -1538,6 +1604,12 @@ def _scandir(directory: str) -> Iterator[os.DirEntry[str]]:
             name = item.name
             if name.endswith(".msg") and _QUEUE_ID.match(name[:-4]):
                 yield item
+
+
+def _scandir_all(directories: list[str]) -> Iterator[os.DirEntry[str]]:
+    """The ``.msg`` files of several directories of one state."""
+    for directory in directories:
+        yield from _scandir(directory)
 
 
 def _read_trailer(path: str) -> bytes:
