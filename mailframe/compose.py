@@ -40,6 +40,7 @@ from mailframe.registry import Components, Registry, discover
 from mailframe.routing import DNSResolver
 from mailframe.services import MailService, QueueRunner
 from mailframe.services.listener import ListeningService
+from mailframe.services.workers import AdoptedEndpoint
 
 __all__ = ["build_mail_service", "connections_for", "make_checker", "raise_open_file_limit"]
 
@@ -101,6 +102,9 @@ def build_mail_service(
     max_connections: int | None = None,
     policies: Sequence[IPolicy] = (),
     registry: Registry | None = None,
+    *,
+    worker: str | None = None,
+    sockets: Sequence[int] = (),
 ) -> MailService:
     """
     The whole mail service that *config* describes, on *reactor*, built
@@ -111,6 +115,10 @@ def build_mail_service(
     :param policies: policies of your own, asked after those of the config.
     :param registry: the plugins to build from; by default those that
         :func:`~mailframe.registry.discover` finds.
+    :param worker: the slot of this process when it is one of the worker
+        processes of ``--workers`` (see :mod:`mailframe.services.workers`).
+    :param sockets: a worker's inherited listening sockets, one for each
+        listener in order; the listeners adopt them instead of binding.
     :raises ConfigError: when a plugin is missing, failed to import, is
         given bad settings, or cannot be built; the error names it.
     """
@@ -131,7 +139,7 @@ def build_mail_service(
     resolver = DNSResolver(reactor, nameservers=list(config.nameservers) or None, random=rng)
     components = Components(config, registry, ComponentContext(
         reactor=reactor, random=rng, resolver=resolver, tls=tls,
-        log=Logger(namespace="mailframe.plugins"),
+        log=Logger(namespace="mailframe.plugins"), worker=worker,
     ))
     components.check()
     maker = registry.maker("store", config.store)
@@ -143,6 +151,9 @@ def build_mail_service(
                               config.line_of("store"))
         log.warn("The {store} store is not durable: queued mail is lost when mailframe"
                  " stops", store=config.store)
+    if config.workers > 1 and not getattr(maker, "shared", True):
+        raise ConfigError("workers", f"the {config.store} store lives in one process; worker"
+                                     " processes cannot share it", config.line_of("workers"))
     store = components.get("store", config.store)
     components.context = attrs.evolve(components.context, store=store)
     router = components.get("router", config.router)
@@ -174,7 +185,10 @@ def build_mail_service(
     failures = AuthFailures(reactor, config.max_auth_failures, config.auth_failure_delay)
     listeners = []
     names: dict[str, int] = {}
-    for listener in config.effective_listeners():
+    effective = config.effective_listeners()
+    if sockets and len(sockets) != len(effective):
+        raise ValueError(f"{len(sockets)} inherited sockets for {len(effective)} listeners")
+    for index, listener in enumerate(effective):
         # Relay control comes first on every listener, with its own networks.
         chain: list[IPolicy] = [
             components.build("policy", "relay-control", listener=listener),
@@ -208,7 +222,8 @@ def build_mail_service(
             settings, store, chain, reactor, on_queued=lambda _: runner.wake(), counts=counts,
             auth_failures=failures,
         )
-        endpoint = serverFromString(reactor, listener.endpoint)
+        endpoint = (AdoptedEndpoint(reactor, sockets[index]) if sockets
+                    else serverFromString(reactor, listener.endpoint))
         listeners.append(ListeningService(endpoint, factory, listener.endpoint))
     parts = [*transports.values(), router, *shared, store]
     stoppables = [p for p in parts if callable(getattr(p, "stop", None))]

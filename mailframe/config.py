@@ -117,6 +117,8 @@ class Config:
         stops (``--unsafe-store``).
     :ivar hold: put every accepted message on hold (``--hold``), for a
         maintenance window; ``mailframe queue release`` lets it go.
+    :ivar workers: worker processes that share the listeners and the queue
+        (``--workers``); 1 runs everything in one process.
     :ivar positions: the line of each key of the file the config came
         from, by dotted path, for errors found later.
     :ivar smtp_helo_name: the name outbound SMTP gives in EHLO; by default
@@ -168,6 +170,7 @@ class Config:
     plugins: tuple[tuple[str, Mapping[str, Any]], ...] = ()
     unsafe_store: bool = False
     hold: bool = False
+    workers: int = 1
     positions: Mapping[str, int] = attrs.field(factory=dict, eq=False, repr=False)
 
     def plugin_settings(self, name: str) -> Mapping[str, Any]:
@@ -564,6 +567,7 @@ _KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "plugins": ("plugins", _plugin_sections),
     "unsafe_store": ("unsafe_store", _boolean),
     "hold": ("hold", _boolean),
+    "workers": ("workers", _integer(1)),
     "smtp_helo_name": ("smtp_helo_name", _hostname),
     "smtp_source_address": ("smtp_source_address", _address(4)),
     "smtp_source_address6": ("smtp_source_address6", _address(6)),
@@ -697,6 +701,9 @@ class ComponentContext:
     :ivar component: ``component(kind, name)`` is the component of that
         kind and plugin name, built with its own settings from the config
         (once); a ``chain`` router finds the routers it chains this way.
+    :ivar worker: the slot of this worker process (``"1"`` to ``"N"``)
+        when ``mailframe --workers N`` runs it, else ``None``; a queue
+        store shared by the workers tells them apart by it.
     """
 
     reactor: Any
@@ -708,3 +715,4 @@ class ComponentContext:
     config: Any = None
     listener: Any = None
     component: Any = None
+    worker: Any = None

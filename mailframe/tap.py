@@ -8,7 +8,10 @@ With no options it runs the defaults: listen on 127.0.0.1:2525, queue in
 
 from __future__ import annotations
 
+import re
 import signal
+import sys
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from twisted.application.service import IService
@@ -61,6 +64,10 @@ class Options(usage.Options):
          "How long a message may wait before it bounces (default 5d)."],
         ["delay-warning", None, None,
          "Tell the sender once after this delay, such as 4h; 0 never (default 4h)."],
+        ["workers", None, None,
+         "Worker processes that share the listeners and the queue (default 1)."],
+        ["worker", None, None,
+         "Internal: run as worker SLOT:FD[,FD...] of a --workers supervisor."],
     ]
 
     def __init__(self) -> None:
@@ -70,6 +77,11 @@ class Options(usage.Options):
         self["relay-network"] = []
         self["submission"] = []
         self["nameserver"] = []
+
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        # Kept, so that a supervisor starts its workers with the same options.
+        self.argv = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(options)
 
     def opt_listen(self, endpoint: str) -> None:
         """An endpoint to listen on (repeatable; default tcp:2525:interface=127.0.0.1)."""
@@ -100,7 +112,8 @@ class Options(usage.Options):
                 values[key] = self[option]
         for option in ("hostname", "queue-dir", "local-users", "max-message-size",
                        "max-recipients", "tls-cert", "tls-key", "smarthost", "smtp-port",
-                       "retry-schedule", "max-queue-lifetime", "delay-warning", "store"):
+                       "retry-schedule", "max-queue-lifetime", "delay-warning", "store",
+                       "workers"):
             if self[option] is not None:
                 values[option.replace("-", "_")] = self[option]
         if self["auth"] is not None:
@@ -117,6 +130,36 @@ class Options(usage.Options):
                 error.key, "--" + error.key.replace("_", "-"))
             where = f" in {self['config']}, line {error.line}" if error.line else ""
             raise usage.UsageError(f"{name}{where}: {error.message}") from None
+        if self["worker"] is not None:
+            self.worker = _worker_option(self["worker"])
+
+
+#: ``SLOT:FD,FD,...``: a worker's slot and its inherited listening sockets.
+_WORKER = re.compile(r"([0-9A-Za-z_-]{1,32}):(\d+(?:,\d+)*)\Z")
+#: What a worker runs: twistd, as the ``twistd`` script does.
+_TWISTD = "from twisted.scripts.twistd import run; run()"
+
+
+def _worker_option(value: str) -> tuple[str, list[int]]:
+    match = _WORKER.match(value)
+    if match is None:
+        raise usage.UsageError(f"--worker: SLOT:FD[,FD...], not {value!r}")
+    return match.group(1), [int(fd) for fd in match.group(2).split(",")]
+
+
+def worker_command(argv: Sequence[str]) -> Any:
+    """
+    The command of a worker: this Python running ``twistd`` in the
+    foreground with the ``mailframe`` options *argv*, and ``--worker``.
+    ``-P`` keeps the current directory off the module path.
+    """
+
+    def command(slot: str, fds: Sequence[int]) -> list[str]:
+        return [sys.executable, "-P", "-c", _TWISTD, "--nodaemon", "--pidfile=",
+                "--logfile=-", "mailframe", *argv,
+                "--worker", f"{slot}:{','.join(map(str, fds))}"]
+
+    return command
 
 
 def makeService(options: Options) -> IService:
@@ -124,15 +167,45 @@ def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     from mailframe.compose import build_mail_service, connections_for, raise_open_file_limit
+    from mailframe.services.workers import ParentWatch, WorkerSupervisor
 
+    config = options.config
+    worker = getattr(options, "worker", None)
     limit = raise_open_file_limit()
     try:
-        service = build_mail_service(options.config, reactor, connections_for(limit))
+        service = build_mail_service(
+            config, reactor, connections_for(limit),
+            worker=worker[0] if worker else None, sockets=worker[1] if worker else (),
+        )
+        if worker is None and config.workers > 1:
+            # The service above checked the whole config here, once; the
+            # supervisor recovers its queue store before the workers start.
+            supervisor = WorkerSupervisor(
+                reactor, [listener.endpoint for listener in config.effective_listeners()],
+                config.workers, worker_command(options.argv), store=service.store,
+                grace=config.shutdown_grace,
+            )
+            supervisor.ready.addErrback(lambda _: reactor.stop())
+            signal.signal(signal.SIGHUP,
+                          lambda number, frame: reactor.callFromThread(  # type: ignore[attr-defined]
+                              supervisor.signal_workers, "HUP"))
+            return supervisor
     except ConfigError as error:
         where = f" in {options['config']}, line {error.line}" if error.line else ""
         raise usage.UsageError(f"{error.key}{where}: {error.message}") from None
     except ValueError as error:
         raise usage.UsageError(str(error)) from None
+    if worker is not None:
+
+        def orphaned() -> None:
+            from twisted.internet.error import ReactorNotRunning
+
+            try:
+                reactor.stop()
+            except ReactorNotRunning:
+                pass  # stopping already
+
+        ParentWatch(reactor, orphaned)
     service.ready.addErrback(lambda _: reactor.stop())
     # SIGHUP reloads the certificates (twistd leaves the signal to us).
     signal.signal(signal.SIGHUP,

@@ -344,4 +344,5 @@ memory_maker = ComponentMaker(
     description="Queue in memory: loses every queued message when the process stops",
     factory=_build_memory,
     durable=False,
+    shared=False,
 )

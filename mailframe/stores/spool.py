@@ -1633,7 +1633,7 @@ def _read_trailer(path: str) -> bytes:
 def _build_spool(settings: Any, context: Any) -> SpoolQueueStore:
     return SpoolQueueStore(
         context.config.queue_dir, context.reactor, random=context.random,
-        min_free=settings["min_free"],
+        min_free=settings["min_free"], slot=getattr(context, "worker", None),
     )
 
 

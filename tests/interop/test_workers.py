@@ -1,0 +1,230 @@
+"""
+Worker processes of the real ``twistd -n mailframe --workers 2`` under
+``kill -9``.
+
+The server relays every message through ``--smarthost`` to a sink on
+loopback (:mod:`tests.interop.sink`), which counts the Message-ID of each
+message it accepts. Several client connections inject messages, each
+noting which got their ``250``; a connection cut by the kill is opened
+again. Mid-run, one worker is killed with SIGKILL while it holds sessions,
+commits and deliveries. The test proves that every acknowledged message
+reaches the sink (RFC 5321 §6.1: a ``250`` takes responsibility for it),
+that the supervisor started the worker again (a new pid in its slot), and
+that the server still accepts mail afterwards. A message delivered twice
+is allowed (at least once), and counted in the test's output.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import attrs
+import pytest
+
+from tests.interop.conftest import RawSMTP, Server, start_server, wait_until
+from tests.interop.sink import Sink
+
+pytestmark = pytest.mark.interop
+
+#: Client connections that inject at once.
+CONNECTIONS = 6
+#: Messages injected in all.
+MESSAGES = 600
+#: Acknowledged messages before the kill.
+KILL_AFTER = 150
+#: Seconds for each wait; the whole test stays well inside a minute.
+WAIT = 40.0
+SENDER = b"injector@example.com"
+RECIPIENT = b"rcpt@remote.example"
+
+
+def message(message_id: str) -> bytes:
+    return (f"From: <{SENDER.decode()}>\r\nTo: <{RECIPIENT.decode()}>\r\n"
+            f"Message-ID: {message_id}\r\nSubject: worker test\r\n\r\n"
+            f"Sent by the worker test.\r\n.a line that starts with a dot\r\n.").encode()
+
+
+def workers_of(pid: int) -> list[int]:
+    """The child processes of *pid*: the supervisor's workers."""
+    children: list[int] = []
+    task = pathlib.Path(f"/proc/{pid}/task")
+    for thread in task.iterdir() if task.is_dir() else ():
+        try:
+            children += [int(c) for c in (thread / "children").read_text().split()]
+        except OSError:
+            continue
+    return sorted(set(children))
+
+
+class Injection:
+    """Threads that send :data:`MESSAGES` messages over :data:`CONNECTIONS` connections."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.lock = threading.Lock()
+        self.acked: list[str] = []
+        self.unacked: list[str] = []
+        self.reconnects = 0
+        self.errors: list[str] = []
+        self.left = MESSAGES
+        self.deadline = time.monotonic() + WAIT
+        self.threads = [threading.Thread(target=self.run, daemon=True)
+                        for _ in range(CONNECTIONS)]
+
+    def start(self) -> None:
+        for thread in self.threads:
+            thread.start()
+
+    def join(self) -> None:
+        for thread in self.threads:
+            thread.join(max(0.0, self.deadline - time.monotonic()) + 5)
+        assert not any(t.is_alive() for t in self.threads), "injection did not finish"
+
+    def take(self) -> bool:
+        with self.lock:
+            if self.left <= 0 or time.monotonic() > self.deadline:
+                return False
+            self.left -= 1
+            return True
+
+    def connect(self) -> RawSMTP:
+        client = RawSMTP(self.port, timeout=WAIT)
+        code, text = client.reply()
+        assert code == 220, text
+        code, text = client.command(b"EHLO injector.example")
+        assert code == 250, text
+        return client
+
+    def run(self) -> None:
+        client: RawSMTP | None = None
+        while self.take():
+            message_id = f"<{uuid.uuid4().hex}@injector.example>"
+            try:
+                if client is None:
+                    client = self.connect()
+                for line in (b"MAIL FROM:<" + SENDER + b">", b"RCPT TO:<" + RECIPIENT + b">"):
+                    code, text = client.command(line)
+                    assert code == 250, text
+                code, text = client.command(b"DATA")
+                assert code == 354, text
+                code, text = client.command(message(message_id))
+            except (OSError, EOFError) as e:
+                # Cut by the kill: this one may or may not be queued.
+                with self.lock:
+                    self.unacked.append(message_id)
+                    self.reconnects += 1
+                    self.errors.append(repr(e))
+                if client is not None:
+                    client.close()
+                client = None
+                continue
+            with self.lock:
+                (self.acked if code == 250 else self.unacked).append(message_id)
+        if client is not None:
+            client.close()
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.acked)
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    with Sink() as running:
+        yield running
+
+
+@attrs.define
+class Supervisor:
+    """The running server, and every worker pid seen under it."""
+
+    server: Server
+    seen: set[int] = attrs.Factory(set)
+
+    def workers(self) -> list[int]:
+        found = workers_of(self.server.process.pid)
+        self.seen.update(found)
+        return found
+
+
+@pytest.fixture
+def supervisor(tmp_path: pathlib.Path, sink: Sink) -> Iterator[Supervisor]:
+    server = start_server(tmp_path, ["--workers", "2", "--smarthost", f"127.0.0.1:{sink.port}",
+                                     "--retry-schedule", "1s"])
+    running = Supervisor(server)
+    yield running
+    running.workers()
+    assert server.stop(30) == -signal.SIGTERM, server.log()[-3000:]
+    # No worker outlives its supervisor.
+    wait_until(lambda: not any(_alive(p) for p in running.seen), 10,
+               "the workers to exit with their supervisor")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][:1] != "Z"
+    except OSError:
+        return False
+
+
+def test_kill_a_worker_under_load(supervisor: Supervisor, sink: Sink) -> None:
+    server = supervisor.server
+    wait_until(lambda: len(supervisor.workers()) == 2, WAIT,
+               f"two workers; log:\n{server.log()[-3000:]}")
+    before = supervisor.workers()
+    injection = Injection(server.port)
+    started = time.monotonic()
+    injection.start()
+    wait_until(lambda: injection.count() >= KILL_AFTER, WAIT,
+               f"{KILL_AFTER} acknowledged messages; log:\n{server.log()[-3000:]}")
+    victim = before[0]
+    os.kill(victim, signal.SIGKILL)
+    acked_at_kill = injection.count()
+    injection.join()
+    took = time.monotonic() - started
+    assert injection.count() > acked_at_kill, "nothing was acknowledged after the kill"
+
+    # The supervisor started the worker again, in a new process.
+    def restarted() -> bool:
+        found = supervisor.workers()
+        return len(found) == 2 and victim not in found
+
+    wait_until(restarted, WAIT, f"the worker started again; log:\n{server.log()[-3000:]}")
+    after = supervisor.workers()
+    assert set(after) - set(before), (before, after)
+    log = server.log()
+    assert f"(pid {victim}) died" in log and "killed by SIGKILL" in log, log[-3000:]
+
+    acked = list(injection.acked)
+    wait_until(lambda: set(acked) <= set(sink.received()), WAIT,
+               f"{len(acked)} acknowledged messages at the sink; missing"
+               f" {len(set(acked) - set(sink.received()))}; log:\n{server.log()[-3000:]}")
+    received = sink.received()
+    assert set(received) <= set(acked) | set(injection.unacked), "not sent by the injector"
+
+    # The server still accepts, and delivers, with both workers.
+    wait_for_both = time.monotonic() + WAIT
+    late = []
+    while time.monotonic() < wait_for_both and len(late) < 10:
+        client = injection.connect()
+        message_id = f"<{uuid.uuid4().hex}.after@injector.example>"
+        for line in (b"MAIL FROM:<" + SENDER + b">", b"RCPT TO:<" + RECIPIENT + b">", b"DATA"):
+            code, text = client.command(line)
+            assert code in (250, 354), text
+        code, text = client.command(message(message_id))
+        assert code == 250, text
+        client.close()
+        late.append(message_id)
+    wait_until(lambda: set(late) <= set(sink.received()), WAIT, "the late messages at the sink")
+    assert "Traceback" not in log and "Unhandled" not in log, log[-3000:]
+    twice = sum(1 for key in acked if received[key] > 1)
+    print(f"workers {before} -> {after}: {len(acked)} acknowledged in {took:.1f} s"
+          f" ({acked_at_kill} before the kill), {len(injection.unacked)} cut off,"
+          f" {injection.reconnects} reconnects, {twice} delivered more than once")
