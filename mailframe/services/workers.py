@@ -124,14 +124,16 @@ def parse_listener(description: str) -> ListenSocket:
         text = text.split(":", 1)[1]
     args, kwargs = _parse(text)
     kind = str(args[0]).lower() if args else ""
-    if kind not in ("tcp", "tcp6") or len(args) != 2:
+    if kind not in ("tcp", "tcp6"):
         raise ValueError(f"listener {description}: worker processes share tcp: and"
                          " haproxy:tcp: listeners only")
     unknown = set(kwargs) - {"port", "interface", "backlog"}
     if unknown:
         raise ValueError(f"listener {description}: unknown parameter {sorted(unknown)[0]}")
+    if len(args) + ("port" in kwargs) != 2:
+        raise ValueError(f"listener {description}: one port, please")
     try:
-        port = int(kwargs.get("port", args[1]))
+        port = int(kwargs["port"] if "port" in kwargs else args[1])
         backlog = int(kwargs.get("backlog", 50))
     except ValueError:
         raise ValueError(f"listener {description}: the port and backlog are numbers") from None

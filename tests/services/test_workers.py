@@ -1,0 +1,446 @@
+"""
+The worker supervisor with a fake process reactor and a task clock: which
+sockets it binds, when it spawns, how it restarts a worker that dies, and
+how it stops them; the listener strings it accepts; the inherited-socket
+endpoint; the supervisor watch in a worker; and the ``--workers`` options.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pytest
+from twisted.internet import reactor as global_reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock, deferLater
+from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+from twisted.python import usage
+from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
+
+from mailframe.config import Config, parse_config
+from mailframe.errors import ConfigError
+from mailframe.services.workers import (
+    KILL_MARGIN,
+    MAX_RESTART_DELAY,
+    RESTART_DELAY,
+    STABLE_AFTER,
+    AdoptedEndpoint,
+    ParentWatch,
+    WorkerSupervisor,
+    open_listener,
+    parse_listener,
+    restart_delay,
+)
+from mailframe.tap import Options, worker_command
+
+
+class FakeProcess:
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.signals: list[str] = []
+        self.gone = False
+
+    def signalProcess(self, name: str) -> None:
+        if self.gone:
+            raise ProcessExitedAlready()
+        self.signals.append(name)
+
+
+class ProcessReactor(Clock):
+    """A clock that records spawned processes instead of starting them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spawned: list[dict[str, Any]] = []
+        self.next_pid = 1000
+
+    def spawnProcess(
+        self, protocol: Any, executable: str, args: Sequence[str],
+        env: Mapping[str, str] | None = None, childFDs: Mapping[int, Any] | None = None,
+    ) -> FakeProcess:
+        self.next_pid += 1
+        process = FakeProcess(self.next_pid)
+        protocol.makeConnection(process)
+        self.spawned.append({"protocol": protocol, "executable": executable, "args": list(args),
+                             "env": env, "childFDs": dict(childFDs or {}), "process": process})
+        return process
+
+    def end(self, index: int, reason: Failure) -> None:
+        """The spawned process *index* ends."""
+        spawned = self.spawned[index]
+        spawned["process"].gone = True
+        spawned["protocol"].processEnded(reason)
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.recovering: Deferred[int] = Deferred()
+        self.recovered = 0
+        self.stopped = 0
+
+    def recover(self) -> Deferred[int]:
+        self.recovered += 1
+        return self.recovering
+
+    def stop(self) -> Deferred[None]:
+        self.stopped += 1
+        d: Deferred[None] = Deferred()
+        d.callback(None)
+        return d
+
+
+def killed(number: int = 9) -> Failure:
+    return Failure(ProcessTerminated(signal=number))
+
+
+def exited(code: int = 0) -> Failure:
+    return Failure(ProcessDone(code) if code == 0 else ProcessTerminated(exitCode=code))
+
+
+def command(slot: str, fds: Sequence[int]) -> list[str]:
+    return ["/bin/worker", slot, ",".join(map(str, fds))]
+
+
+def capture_log(test: TestCase) -> list[LogEvent]:
+    events: list[LogEvent] = []
+    globalLogPublisher.addObserver(events.append)
+    test.addCleanup(globalLogPublisher.removeObserver, events.append)
+    return events
+
+
+class SupervisorTests(TestCase):
+    def setUp(self) -> None:
+        self.reactor = ProcessReactor()
+        self.store = FakeStore()
+
+    def supervisor(self, count: int = 2, listeners: Sequence[str] = (
+            "tcp:0:interface=127.0.0.1", "haproxy:tcp:0:interface=127.0.0.1:backlog=7")
+    ) -> WorkerSupervisor:
+        supervisor = WorkerSupervisor(self.reactor, listeners, count, command,
+                                      store=self.store, grace=5.0, env={"X": "1"})
+        self.addCleanup(supervisor._close)
+        return supervisor
+
+    def started(self, count: int = 2) -> WorkerSupervisor:
+        supervisor = self.supervisor(count)
+        supervisor.privilegedStartService()
+        supervisor.startService()
+        self.store.recovering.callback(3)
+        return supervisor
+
+    def test_binds_before_privileges_are_dropped(self) -> None:
+        supervisor = self.supervisor()
+        supervisor.privilegedStartService()
+        self.assertEqual(len(supervisor.sockets), 2)
+        for sock in supervisor.sockets:
+            self.assertEqual(sock.getsockname()[0], "127.0.0.1")
+            self.assertFalse(sock.getblocking())
+            self.assertFalse(os.get_inheritable(sock.fileno()))
+            # Listening: a client gets through the handshake into the backlog.
+            with socket.create_connection(sock.getsockname(), timeout=5):
+                pass
+        self.assertEqual(self.reactor.spawned, [])
+        self.assertEqual(self.store.recovered, 0)
+
+    def test_a_listener_that_cannot_bind_fails_the_start(self) -> None:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen(1)
+            port = taken.getsockname()[1]
+            supervisor = self.supervisor(listeners=(
+                "tcp:0:interface=127.0.0.1", f"tcp:{port}:interface=127.0.0.1"))
+            with self.assertRaises(OSError) as caught:
+                supervisor.privilegedStartService()
+        self.assertEqual(caught.exception.errno, errno.EADDRINUSE)
+        self.assertIn(f"tcp:{port}:interface=127.0.0.1", str(caught.exception))
+        self.assertEqual(supervisor.sockets, [])
+
+    def test_recovers_once_then_spawns_each_slot(self) -> None:
+        supervisor = self.supervisor(3)
+        supervisor.privilegedStartService()
+        supervisor.startService()
+        self.assertEqual(self.store.recovered, 1)
+        self.assertEqual(self.reactor.spawned, [])
+        self.assertNoResult(supervisor.ready)
+        self.store.recovering.callback(7)
+        self.successResultOf(supervisor.ready)
+        self.assertEqual(self.store.stopped, 1)
+        self.assertEqual([s["args"] for s in self.reactor.spawned], [
+            ["/bin/worker", "1", "3,4"], ["/bin/worker", "2", "3,4"], ["/bin/worker", "3", "3,4"]])
+        fds = [sock.fileno() for sock in supervisor.sockets]
+        for spawned in self.reactor.spawned:
+            self.assertEqual(spawned["executable"], "/bin/worker")
+            self.assertEqual(spawned["env"], {"X": "1"})
+            self.assertEqual(spawned["childFDs"], {0: "w", 1: "r", 2: "r", 3: fds[0], 4: fds[1]})
+        self.assertEqual(supervisor.pids(), {"1": 1001, "2": 1002, "3": 1003})
+
+    def test_no_worker_when_recovery_fails(self) -> None:
+        supervisor = self.supervisor()
+        supervisor.privilegedStartService()
+        supervisor.startService()
+        self.store.recovering.errback(OSError(errno.EIO, "disk"))
+        self.failureResultOf(supervisor.ready, OSError)
+        self.assertEqual(self.reactor.spawned, [])
+        self.flushLoggedErrors(OSError)
+
+    def test_a_worker_that_dies_is_started_again(self) -> None:
+        events = capture_log(self)
+        supervisor = self.started()
+        self.reactor.advance(STABLE_AFTER + 1)
+        self.reactor.end(0, killed())
+        self.assertEqual(supervisor.pids(), {"2": 1002})
+        self.reactor.advance(RESTART_DELAY - 0.01)
+        self.assertEqual(len(self.reactor.spawned), 2)
+        self.reactor.advance(0.01)
+        self.assertEqual(len(self.reactor.spawned), 3)
+        self.assertEqual(self.reactor.spawned[2]["args"], ["/bin/worker", "1", "3,4"])
+        self.assertEqual(supervisor.pids(), {"1": 1003, "2": 1002})
+        self.assertEqual(supervisor.restarts, 1)
+        said = [formatEvent(e) for e in events]
+        self.assertTrue(any("Worker 1 (pid 1001) died after" in line and "SIGKILL" in line
+                            for line in said), said)
+
+    def test_a_worker_that_keeps_dying_waits_longer_each_time(self) -> None:
+        self.started(1)
+        delays = []
+        for index in range(9):
+            self.reactor.end(index, exited(1))
+            before = len(self.reactor.spawned)
+            waited = 0.0
+            while len(self.reactor.spawned) == before:
+                self.reactor.advance(0.25)
+                waited += 0.25
+            delays.append(waited)
+        self.assertEqual(delays, [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0, 30.0])
+        # Once it has run long enough, the next death costs the short wait.
+        self.reactor.advance(STABLE_AFTER)
+        self.reactor.end(9, exited(1))
+        self.reactor.advance(RESTART_DELAY)
+        self.assertEqual(len(self.reactor.spawned), 11)
+
+    def test_restart_delay(self) -> None:
+        self.assertEqual(restart_delay(0), RESTART_DELAY)
+        self.assertEqual(restart_delay(1), 2 * RESTART_DELAY)
+        self.assertEqual(restart_delay(10_000), MAX_RESTART_DELAY)
+
+    def test_output_is_logged_by_line_and_slot(self) -> None:
+        events = capture_log(self)
+        self.started(1)
+        protocol = self.reactor.spawned[0]["protocol"]
+        protocol.childDataReceived(1, b"2026-11-29T21:30:16+0000 [ns#info] first li")
+        protocol.childDataReceived(1, b"ne\nsecond\r\n")
+        protocol.childDataReceived(2, b"no newline at the end")
+        self.reactor.end(0, exited(0))
+        said = [formatEvent(e) for e in events if e.get("log_namespace", "").endswith("workers")]
+        self.assertIn("worker 1: [ns#info] first line", said)
+        self.assertIn("worker 1: second", said)
+        self.assertIn("worker 1: no newline at the end", said)
+
+    def test_stop_terms_every_worker_and_waits(self) -> None:
+        supervisor = self.started()
+        sockets = list(supervisor.sockets)
+        stopped = supervisor.stopService()
+        self.assertEqual([s["process"].signals for s in self.reactor.spawned], [["TERM"], ["TERM"]])
+        self.reactor.end(0, killed(15))
+        self.assertNoResult(stopped)
+        self.reactor.end(1, killed(15))
+        self.successResultOf(stopped)
+        self.assertEqual(supervisor.sockets, [])
+        self.assertTrue(all(sock.fileno() == -1 for sock in sockets))
+        # Nothing is started again, and no kill comes later.
+        self.reactor.advance(1000)
+        self.assertEqual(len(self.reactor.spawned), 2)
+        self.assertEqual([s["process"].signals for s in self.reactor.spawned], [["TERM"], ["TERM"]])
+
+    def test_stop_kills_a_worker_that_overstays(self) -> None:
+        supervisor = self.started()
+        stopped = supervisor.stopService()
+        self.reactor.end(0, killed(15))
+        self.reactor.advance(5.0 + KILL_MARGIN - 0.1)
+        self.assertEqual(self.reactor.spawned[1]["process"].signals, ["TERM"])
+        self.reactor.advance(0.1)
+        self.assertEqual(self.reactor.spawned[1]["process"].signals, ["TERM", "KILL"])
+        self.reactor.end(1, killed(9))
+        self.successResultOf(stopped)
+
+    def test_stop_cancels_a_pending_restart(self) -> None:
+        supervisor = self.started()
+        self.reactor.end(0, killed())
+        stopped = supervisor.stopService()
+        self.reactor.end(1, killed(15))
+        self.successResultOf(stopped)
+        self.reactor.advance(MAX_RESTART_DELAY * 2)
+        self.assertEqual(len(self.reactor.spawned), 2)
+
+    def test_signals_reach_every_worker(self) -> None:
+        supervisor = self.started()
+        self.reactor.end(1, killed())
+        supervisor.signal_workers("HUP")
+        self.assertEqual(self.reactor.spawned[0]["process"].signals, ["HUP"])
+
+
+@pytest.mark.parametrize(
+    ("description", "family", "host", "port", "backlog"),
+    [
+        ("tcp:25", socket.AF_INET, "", 25, 50),
+        ("tcp:2525:interface=127.0.0.1:backlog=1024", socket.AF_INET, "127.0.0.1", 2525, 1024),
+        ("tcp:port=587:interface=0.0.0.0", socket.AF_INET, "0.0.0.0", 587, 50),
+        ("tcp:25:interface=\\:\\:1", socket.AF_INET6, "::1", 25, 50),
+        ("tcp6:25", socket.AF_INET6, "::", 25, 50),
+        ("haproxy:tcp:2525:interface=127.0.0.1", socket.AF_INET, "127.0.0.1", 2525, 50),
+        ("HAPROXY:tcp:2525", socket.AF_INET, "", 2525, 50),
+    ],
+)
+def test_parse_listener(description: str, family: int, host: str, port: int,
+                        backlog: int) -> None:
+    spec = parse_listener(description)
+    assert (spec.description, spec.family, spec.host, spec.port, spec.backlog) == (
+        description, family, host, port, backlog)
+
+
+@pytest.mark.parametrize(
+    "description",
+    ["ssl:465:privateKey=key.pem", "unix:/run/mailframe.sock", "haproxy:ssl:465",
+     "tcp:25:interface=127.0.0.1:reuse=1", "tcp:smtp", "tcp:70000", "tcp:25:backlog=0", "tcp"],
+)
+def test_parse_listener_refuses(description: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        parse_listener(description)
+    assert str(caught.value).startswith(f"listener {description}: ")
+
+
+class AdoptedEndpointTests(TestCase):
+    @inlineCallbacks
+    def test_adopts_the_inherited_socket(self) -> Any:
+        listening = open_listener(parse_listener("tcp:0:interface=127.0.0.1"))
+        address = listening.getsockname()
+        fd = os.dup(listening.fileno())
+        listening.close()
+        connected: Deferred[None] = Deferred()
+
+        class Greeter(Protocol):
+            def connectionMade(self) -> None:
+                self.transport.write(b"220 hi\r\n")
+                self.transport.loseConnection()
+                connected.callback(None)
+
+        port = yield AdoptedEndpoint(global_reactor, fd).listen(Factory.forProtocol(Greeter))
+        self.addCleanup(port.stopListening)
+        self.assertEqual(port.getHost().port, address[1])
+        # The inherited descriptor is closed: the port works on its own copy.
+        self.assertRaises(OSError, os.fstat, fd)
+
+        def talk() -> bytes:
+            with socket.create_connection(address, timeout=5) as client:
+                return client.recv(100)
+
+        from twisted.internet.threads import deferToThread
+
+        greeting = yield deferToThread(talk)
+        yield connected
+        self.assertEqual(greeting, b"220 hi\r\n")
+
+    def test_a_bad_descriptor_fails(self) -> None:
+        read, write = os.pipe()
+        os.close(write)
+        os.close(read)
+        self.failureResultOf(AdoptedEndpoint(global_reactor, read).listen(Factory()), OSError)
+
+
+class ParentWatchTests(TestCase):
+    @inlineCallbacks
+    def test_end_of_file_means_the_supervisor_is_gone(self) -> Any:
+        read, write = os.pipe()
+        self.addCleanup(_close_quietly, read)
+        lost: list[None] = []
+        watch = ParentWatch(global_reactor, lambda: lost.append(None), fd=read)
+        self.addCleanup(global_reactor.removeReader, watch)
+        yield deferLater(global_reactor, 0.05, lambda: None)
+        self.assertEqual(lost, [])
+        os.close(write)
+        for _ in range(100):
+            if lost:
+                break
+            yield deferLater(global_reactor, 0.02, lambda: None)
+        self.assertEqual(lost, [None])
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def test_workers_option_and_key() -> None:
+    options = Options()
+    options.parseOptions(["--workers", "4", "--listen", "tcp:2525"])
+    assert options.config.workers == 4
+    assert Config().workers == 1
+    with pytest.raises(usage.UsageError) as caught:
+        Options().parseOptions(["--workers", "0"])
+    assert str(caught.value).startswith("--workers: ")
+    with pytest.raises(ConfigError) as error:
+        parse_config('hostname = "mx.example.com"\nworkers = "many"\n')
+    assert (error.value.key, error.value.line) == ("workers", 2)
+
+
+def test_worker_option() -> None:
+    options = Options()
+    options.parseOptions(["--listen", "tcp:2525", "--listen", "tcp:2526", "--worker", "2:3,4"])
+    assert options.worker == ("2", [3, 4])
+    for bad in ("2", "2:", "a/b:3", "2:3;4"):
+        with pytest.raises(usage.UsageError) as caught:
+            Options().parseOptions(["--worker", bad])
+        assert str(caught.value).startswith("--worker: ")
+
+
+def test_worker_command_repeats_the_options() -> None:
+    import sys
+
+    options = Options()
+    options.parseOptions(["--workers", "2", "--queue-dir", "q"])
+    argv = worker_command(options.argv)("1", [3, 4])
+    assert argv[0] == sys.executable
+    assert argv[argv.index("mailframe"):] == [
+        "mailframe", "--workers", "2", "--queue-dir", "q", "--worker", "1:3,4"]
+    assert "--nodaemon" in argv and "--pidfile=" in argv
+
+
+def test_the_memory_store_cannot_be_shared(tmp_path: object) -> None:
+    from twisted.internet.testing import MemoryReactorClock
+
+    from mailframe.compose import build_mail_service
+
+    with pytest.raises(ConfigError) as caught:
+        build_mail_service(Config(queue_dir=str(tmp_path), store="memory", unsafe_store=True,
+                                  workers=2), MemoryReactorClock())
+    assert caught.value.key == "workers"
+    assert "memory" in caught.value.message
+
+
+def test_make_service_returns_the_supervisor(tmp_path: Any, monkeypatch: Any) -> None:
+    import signal
+
+    from mailframe import tap
+
+    monkeypatch.setattr(signal, "signal", lambda *args: None)
+    options = Options()
+    options.parseOptions(["--workers", "2", "--queue-dir", str(tmp_path / "q"),
+                          "--listen", "tcp:0:interface=127.0.0.1"])
+    service = tap.makeService(options)
+    assert isinstance(service, WorkerSupervisor)
+    assert service.count == 2
+    refused = Options()
+    refused.parseOptions(["--workers", "2", "--queue-dir", str(tmp_path / "q"),
+                          "--listen", "unix:" + str(tmp_path / "sock")])
+    with pytest.raises(usage.UsageError) as caught:
+        tap.makeService(refused)
+    assert "unix:" in str(caught.value)
