@@ -40,7 +40,7 @@ from mailframe.registry import Components, Registry, discover
 from mailframe.routing import DNSResolver
 from mailframe.services import MailService, QueueRunner
 from mailframe.services.listener import ListeningService
-from mailframe.services.workers import AdoptedEndpoint
+from mailframe.services.workers import AcceptBalance, AdoptedEndpoint, SessionBoard
 
 __all__ = ["build_mail_service", "connections_for", "make_checker", "raise_open_file_limit"]
 
@@ -105,6 +105,7 @@ def build_mail_service(
     *,
     worker: str | None = None,
     sockets: Sequence[int] = (),
+    board: int | None = None,
 ) -> MailService:
     """
     The whole mail service that *config* describes, on *reactor*, built
@@ -119,6 +120,9 @@ def build_mail_service(
         processes of ``--workers`` (see :mod:`mailframe.services.workers`).
     :param sockets: a worker's inherited listening sockets, one for each
         listener in order; the listeners adopt them instead of binding.
+    :param board: a worker's inherited
+        :class:`~mailframe.services.workers.SessionBoard`, by which the
+        workers spread the sessions among them.
     :raises ConfigError: when a plugin is missing, failed to import, is
         given bad settings, or cannot be built; the error names it.
     """
@@ -185,6 +189,11 @@ def build_mail_service(
     failures = AuthFailures(reactor, config.max_auth_failures, config.auth_failure_delay)
     listeners = []
     names: dict[str, int] = {}
+    balance = None
+    if sockets and board is not None and worker is not None and worker.isdigit():
+        sessions = SessionBoard(board)
+        if 0 < int(worker) <= sessions.slots:
+            balance = AcceptBalance(sessions, int(worker) - 1, lambda: counts.total, reactor)
     effective = config.effective_listeners()
     if sockets and len(sockets) != len(effective):
         raise ValueError(f"{len(sockets)} inherited sockets for {len(effective)} listeners")
@@ -222,7 +231,7 @@ def build_mail_service(
             settings, store, chain, reactor, on_queued=lambda _: runner.wake(), counts=counts,
             auth_failures=failures,
         )
-        endpoint = (AdoptedEndpoint(reactor, sockets[index]) if sockets
+        endpoint = (AdoptedEndpoint(reactor, sockets[index], balance) if sockets
                     else serverFromString(reactor, listener.endpoint))
         listeners.append(ListeningService(endpoint, factory, listener.endpoint))
     parts = [*transports.values(), router, *shared, store]

@@ -67,7 +67,7 @@ class Options(usage.Options):
         ["workers", None, None,
          "Worker processes that share the listeners and the queue (default 1)."],
         ["worker", None, None,
-         "Internal: run as worker SLOT:FD[,FD...] of a --workers supervisor."],
+         "Internal: run as worker SLOT:FD[,FD...]@BOARD of a --workers supervisor."],
     ]
 
     def __init__(self) -> None:
@@ -134,17 +134,19 @@ class Options(usage.Options):
             self.worker = _worker_option(self["worker"])
 
 
-#: ``SLOT:FD,FD,...``: a worker's slot and its inherited listening sockets.
-_WORKER = re.compile(r"([0-9A-Za-z_-]{1,32}):(\d+(?:,\d+)*)\Z")
+#: ``SLOT:FD,FD,...@BOARD``: a worker's slot, its inherited listening
+#: sockets, and the supervisor's session board.
+_WORKER = re.compile(r"(\d{1,4}):(\d+(?:,\d+)*)@(\d+)\Z")
 #: What a worker runs: twistd, as the ``twistd`` script does.
 _TWISTD = "from twisted.scripts.twistd import run; run()"
 
 
-def _worker_option(value: str) -> tuple[str, list[int]]:
+def _worker_option(value: str) -> tuple[str, list[int], int]:
     match = _WORKER.match(value)
     if match is None:
-        raise usage.UsageError(f"--worker: SLOT:FD[,FD...], not {value!r}")
-    return match.group(1), [int(fd) for fd in match.group(2).split(",")]
+        raise usage.UsageError(f"--worker: SLOT:FD[,FD...]@BOARD, not {value!r}")
+    fds = [int(fd) for fd in match.group(2).split(",")]
+    return match.group(1), fds, int(match.group(3))
 
 
 def worker_command(argv: Sequence[str]) -> Any:
@@ -154,10 +156,10 @@ def worker_command(argv: Sequence[str]) -> Any:
     ``-P`` keeps the current directory off the module path.
     """
 
-    def command(slot: str, fds: Sequence[int]) -> list[str]:
+    def command(slot: str, fds: Sequence[int], board: int) -> list[str]:
         return [sys.executable, "-P", "-c", _TWISTD, "--nodaemon", "--pidfile=",
                 "--logfile=-", "mailframe", *argv,
-                "--worker", f"{slot}:{','.join(map(str, fds))}"]
+                "--worker", f"{slot}:{','.join(map(str, fds))}@{board}"]
 
     return command
 
@@ -176,6 +178,7 @@ def makeService(options: Options) -> IService:
         service = build_mail_service(
             config, reactor, connections_for(limit),
             worker=worker[0] if worker else None, sockets=worker[1] if worker else (),
+            board=worker[2] if worker else None,
         )
         if worker is None and config.workers > 1:
             # The service above checked the whole config here, once; the

@@ -23,16 +23,18 @@ recovers what the dead one left behind, and nothing else.
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import re
 import signal
 import socket
+import struct
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
 from twisted.application.service import Service
-from twisted.internet import defer
+from twisted.internet import defer, tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone
 from twisted.internet.interfaces import (
@@ -41,6 +43,7 @@ from twisted.internet.interfaces import (
     IProtocolFactory,
     IStreamServerEndpoint,
 )
+from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -70,10 +73,22 @@ STABLE_AFTER = 10.0
 KILL_MARGIN = 10.0
 #: The child descriptor of the first inherited listening socket.
 FIRST_FD = 3
+#: Connections a worker accepts each time one is waiting (see :class:`_SharedPort`).
+ACCEPTS_PER_WAKE = 1
+#: Sessions a worker may hold beyond the least busy one before it leaves
+#: new connections to the others.
+BALANCE_SLACK = 2
+#: Seconds a worker leaves a waiting connection to the others at most.
+MAX_DEFER = 0.05
+#: Seconds between looks while a worker leaves connections to the others.
+RECHECK = 0.005
+#: Seconds a worker takes every connection after the others left one waiting.
+DISTRUST = 1.0
 #: Octets of a worker's output held while waiting for the end of a line.
 MAX_LINE = 64 * 1024
 
 _log = Logger(namespace="mailframe.services.workers")
+_COUNT = struct.Struct("=q")
 #: The time at the start of each line that twistd logs.
 _TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?[+-]\d{4} ")
 
@@ -162,27 +177,175 @@ def open_listener(spec: ListenSocket) -> socket.socket:
     return sock
 
 
+class SessionBoard:
+    """
+    How many sessions each worker holds, in a small file that the
+    supervisor made and every worker maps: one signed 64-bit count per
+    slot, -1 for a slot whose worker is not running.
+
+    :param fd: the file; its size gives the number of slots.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._map = mmap.mmap(fd, 0)
+        self.slots = len(self._map) // _COUNT.size
+
+    @classmethod
+    def create(cls, slots: int) -> tuple[SessionBoard, int]:
+        """A new board for *slots* workers, all absent, and its descriptor."""
+        fd = os.memfd_create("mailframe-sessions", os.MFD_CLOEXEC) if hasattr(
+            os, "memfd_create") else _temporary_fd()
+        os.ftruncate(fd, slots * _COUNT.size)
+        board = cls(fd)
+        for index in range(slots):
+            board.set(index, -1)
+        return board, fd
+
+    def set(self, index: int, sessions: int) -> None:
+        _COUNT.pack_into(self._map, index * _COUNT.size, sessions)
+
+    def counts(self) -> list[int]:
+        return [_COUNT.unpack_from(self._map, i * _COUNT.size)[0] for i in range(self.slots)]
+
+    def close(self) -> None:
+        self._map.close()
+
+
+class AcceptBalance:
+    """
+    Whether this worker should leave a waiting connection to another: when
+    it holds more than :data:`BALANCE_SLACK` sessions more than the least
+    busy running worker. A connection is never left waiting longer than
+    :data:`MAX_DEFER` seconds: if no other worker took it by then (it may
+    be stuck), this one does, and stops deferring for a while.
+
+    :param board: the :class:`SessionBoard`.
+    :param index: this worker's slot on it, from 0.
+    :param sessions: how many sessions this worker holds now.
+    :param clock: the reactor's clock.
+    """
+
+    def __init__(self, board: SessionBoard, index: int, sessions: Callable[[], int],
+                 clock: Any) -> None:
+        self.board = board
+        self.index = index
+        self.sessions = sessions
+        self.clock = clock
+        self._since: float | None = None
+        self._trust_after = 0.0
+
+    def publish(self) -> int:
+        mine = self.sessions()
+        self.board.set(self.index, mine)
+        return mine
+
+    def defer(self) -> bool:
+        """Whether to leave the next connection to another worker for now."""
+        mine = self.publish()
+        now = self.clock.seconds()
+        others = [n for i, n in enumerate(self.board.counts()) if i != self.index and n >= 0]
+        if not others or mine <= min(others) + BALANCE_SLACK or now < self._trust_after:
+            self._since = None
+            return False
+        if self._since is None:
+            self._since = now
+        if now - self._since < MAX_DEFER:
+            return True
+        # Nobody took it: do not wait for the others for a while.
+        self._since = None
+        self._trust_after = now + DISTRUST
+        return False
+
+    def absent(self) -> None:
+        self.board.set(self.index, -1)
+
+
+class _SharedPort(tcp.Port):
+    """
+    A TCP port on a socket that other workers accept from too: it accepts
+    :data:`ACCEPTS_PER_WAKE` connections each time the reactor says one is
+    waiting, where Twisted's port takes up to a hundred, and with an
+    :class:`AcceptBalance` it leaves a connection to a less busy worker.
+    The kernel wakes every worker for a new connection, so that the
+    sessions spread over the workers instead of going in a burst to the
+    first one that woke.
+    """
+
+    balance: AcceptBalance | None = None
+    _resume: IDelayedCall | None = None
+
+    def doRead(self) -> None:
+        if self.balance is not None and self.balance.defer():
+            # Not reading for a moment: level-triggered, the reactor would
+            # call again at once.
+            self.stopReading()
+            self._resume = self.balance.clock.callLater(RECHECK, self._recheck)
+            return
+        self.numberAccepts = ACCEPTS_PER_WAKE
+        super().doRead()
+
+    def _recheck(self) -> None:
+        self._resume = None
+        if self.connected:
+            self.startReading()
+
+    def startReading(self) -> None:
+        if self.balance is not None:
+            # Accepting now: the others may leave connections to it.
+            self.balance.publish()
+        super().startReading()
+
+    def stopReading(self) -> None:
+        if self._resume is not None and self._resume.active():
+            self._resume.cancel()
+        self._resume = None
+        super().stopReading()
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self.balance is not None:
+            self.balance.absent()
+        super().connectionLost(reason)
+
+
+def _temporary_fd() -> int:
+    import tempfile
+
+    handle = tempfile.TemporaryFile()
+    fd = os.dup(handle.fileno())
+    handle.close()
+    return fd
+
+
 @implementer(IStreamServerEndpoint)
 class AdoptedEndpoint:
     """
     A server endpoint on a listening socket that this process inherited:
-    :meth:`listen` adopts it with ``reactor.adoptStreamPort`` and closes
-    the inherited descriptor, which the port has duplicated.
+    :meth:`listen` adopts it as ``reactor.adoptStreamPort`` does (as a
+    :class:`_SharedPort` on a POSIX reactor), and closes the inherited
+    descriptor, which the port has duplicated.
 
     :param reactor: an ``IReactorSocket``.
     :param fd: the inherited listening socket.
     """
 
-    def __init__(self, reactor: Any, fd: int) -> None:
+    def __init__(self, reactor: Any, fd: int, balance: AcceptBalance | None = None) -> None:
         self._reactor = reactor
         self.fd = fd
+        self.balance = balance
 
     def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
         try:
             probe = socket.socket(fileno=self.fd)
             family = probe.family
             probe.detach()
-            port = self._reactor.adoptStreamPort(self.fd, family, protocolFactory)
+            if isinstance(self._reactor, PosixReactorBase) and family in (
+                    socket.AF_INET, socket.AF_INET6):
+                port = _SharedPort._fromListeningDescriptor(
+                    self._reactor, self.fd, family, protocolFactory)
+                port.balance = self.balance
+                port.startListening()
+            else:
+                port = self._reactor.adoptStreamPort(self.fd, family, protocolFactory)
             os.close(self.fd)
         except Exception:
             return defer.fail()
@@ -293,9 +456,10 @@ class WorkerSupervisor(Service):
     :param listeners: the listeners' endpoint strings; see
         :func:`parse_listener`.
     :param count: how many workers.
-    :param command: ``command(slot, fds)`` is the argument list of the
-        worker in *slot* (``"1"`` to ``"N"``), which finds the listening
-        sockets on descriptors *fds*, in the order of *listeners*.
+    :param command: ``command(slot, fds, board)`` is the argument list of
+        the worker in *slot* (``"1"`` to ``"N"``), which finds the listening
+        sockets on descriptors *fds*, in the order of *listeners*, and the
+        :class:`SessionBoard` on descriptor *board*.
     :param store: the queue store, recovered here once before any worker
         starts (so that a crash of the whole host is recovered once), and
         stopped then; or ``None``.
@@ -313,7 +477,7 @@ class WorkerSupervisor(Service):
         reactor: Any,
         listeners: Sequence[str],
         count: int,
-        command: Callable[[str, Sequence[int]], Sequence[str]],
+        command: Callable[[str, Sequence[int], int], Sequence[str]],
         store: IQueueStore | None = None,
         grace: float = 30.0,
         env: Mapping[str, str] | None = None,
@@ -328,6 +492,8 @@ class WorkerSupervisor(Service):
         self.restarts = 0
         self.ready: Deferred[None] = Deferred()
         self.sockets: list[socket.socket] = []
+        self.board: SessionBoard | None = None
+        self._board_fd: int | None = None
         self.workers: dict[str, _Worker] = {}
         self._reactor = reactor
         self._env = dict(os.environ if env is None else env)
@@ -353,6 +519,7 @@ class WorkerSupervisor(Service):
         except OSError:
             self._close()
             raise
+        self.board, self._board_fd = SessionBoard.create(self.count)
 
     def startService(self) -> None:
         super().startService()
@@ -393,10 +560,13 @@ class WorkerSupervisor(Service):
     def _spawn(self, slot: str) -> None:
         self._pending.pop(slot, None)
         fds = [FIRST_FD + i for i in range(len(self.sockets))]
-        argv = list(self.command(slot, fds))
+        board = FIRST_FD + len(fds)
+        argv = list(self.command(slot, fds, board))
         child_fds: dict[int, int | str] = {0: "w", 1: "r", 2: "r"}
         for fd, sock in zip(fds, self.sockets, strict=True):
             child_fds[fd] = sock.fileno()
+        assert self._board_fd is not None
+        child_fds[board] = self._board_fd
         worker = _Worker(self, slot, self._reactor.seconds())
         self.workers[slot] = worker
         self._reactor.spawnProcess(worker, argv[0], argv, env=self._env, childFDs=child_fds)
@@ -406,6 +576,9 @@ class WorkerSupervisor(Service):
         slot = worker.slot
         if self.workers.get(slot) is worker:
             del self.workers[slot]
+            if self.board is not None:
+                # Its sessions are gone: the others stop leaving it any.
+                self.board.set(int(slot) - 1, -1)
         status = _status(reason)
         if self._stopping or not self.running:
             _log.info("Worker {slot} (pid {pid}) stopped: {status}",
@@ -455,6 +628,12 @@ class WorkerSupervisor(Service):
                 worker.signal("KILL")
 
     def _close(self) -> None:
+        if self.board is not None:
+            self.board.close()
+            self.board = None
+        if self._board_fd is not None:
+            os.close(self._board_fd)
+            self._board_fd = None
         for sock in self.sockets:
             try:
                 sock.close()

@@ -62,6 +62,30 @@ def workers_of(pid: int) -> list[int]:
     return sorted(set(children))
 
 
+def sessions_of(pid: int, port: int) -> int:
+    """How many established connections to *port* process *pid* holds."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = pathlib.Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])
+    held = 0
+    fd_dir = pathlib.Path(f"/proc/{pid}/fd")
+    for fd in fd_dir.iterdir() if fd_dir.is_dir() else ():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:[") and target[8:-1] in inodes:
+            held += 1
+    return held
+
+
 class Injection:
     """Threads that send :data:`MESSAGES` messages over :data:`CONNECTIONS` connections."""
 
@@ -178,18 +202,26 @@ def test_kill_a_worker_under_load(supervisor: Supervisor, sink: Sink) -> None:
     server = supervisor.server
     wait_until(lambda: len(supervisor.workers()) == 2, WAIT,
                f"two workers; log:\n{server.log()[-3000:]}")
+    # Both serve: each has recovered its slot and accepts.
+    wait_until(lambda: all(f"worker {slot}: [mailframe.services.mta.MailService#info] Queue"
+                           f" recovered" in server.log() for slot in (1, 2)), WAIT,
+               f"both workers serving; log:\n{server.log()[-3000:]}")
     before = supervisor.workers()
     injection = Injection(server.port)
     started = time.monotonic()
     injection.start()
     wait_until(lambda: injection.count() >= KILL_AFTER, WAIT,
                f"{KILL_AFTER} acknowledged messages; log:\n{server.log()[-3000:]}")
-    victim = before[0]
+    # The worker that holds the most sessions: the kill cuts them.
+    held = {pid: sessions_of(pid, server.port) for pid in before}
+    victim = max(before, key=lambda pid: held[pid])
+    assert held[victim] >= 1, held
     os.kill(victim, signal.SIGKILL)
     acked_at_kill = injection.count()
     injection.join()
     took = time.monotonic() - started
     assert injection.count() > acked_at_kill, "nothing was acknowledged after the kill"
+    assert injection.reconnects >= 1, "the kill cut no session"
 
     # The supervisor started the worker again, in a new process.
     def restarted() -> bool:
@@ -225,6 +257,7 @@ def test_kill_a_worker_under_load(supervisor: Supervisor, sink: Sink) -> None:
     wait_until(lambda: set(late) <= set(sink.received()), WAIT, "the late messages at the sink")
     assert "Traceback" not in log and "Unhandled" not in log, log[-3000:]
     twice = sum(1 for key in acked if received[key] > 1)
-    print(f"workers {before} -> {after}: {len(acked)} acknowledged in {took:.1f} s"
+    print(f"workers {before} -> {after}, sessions {held}:"
+          f" {len(acked)} acknowledged in {took:.1f} s"
           f" ({acked_at_kill} before the kill), {len(injection.unacked)} cut off,"
           f" {injection.reconnects} reconnects, {twice} delivered more than once")

@@ -27,12 +27,17 @@ from twisted.trial.unittest import TestCase
 from mailframe.config import Config, parse_config
 from mailframe.errors import ConfigError
 from mailframe.services.workers import (
+    BALANCE_SLACK,
+    DISTRUST,
     KILL_MARGIN,
+    MAX_DEFER,
     MAX_RESTART_DELAY,
     RESTART_DELAY,
     STABLE_AFTER,
+    AcceptBalance,
     AdoptedEndpoint,
     ParentWatch,
+    SessionBoard,
     WorkerSupervisor,
     open_listener,
     parse_listener,
@@ -104,8 +109,8 @@ def exited(code: int = 0) -> Failure:
     return Failure(ProcessDone(code) if code == 0 else ProcessTerminated(exitCode=code))
 
 
-def command(slot: str, fds: Sequence[int]) -> list[str]:
-    return ["/bin/worker", slot, ",".join(map(str, fds))]
+def command(slot: str, fds: Sequence[int], board: int) -> list[str]:
+    return ["/bin/worker", slot, ",".join(map(str, fds)), str(board)]
 
 
 def capture_log(test: TestCase) -> list[LogEvent]:
@@ -173,12 +178,17 @@ class SupervisorTests(TestCase):
         self.successResultOf(supervisor.ready)
         self.assertEqual(self.store.stopped, 1)
         self.assertEqual([s["args"] for s in self.reactor.spawned], [
-            ["/bin/worker", "1", "3,4"], ["/bin/worker", "2", "3,4"], ["/bin/worker", "3", "3,4"]])
+            ["/bin/worker", "1", "3,4", "5"], ["/bin/worker", "2", "3,4", "5"],
+            ["/bin/worker", "3", "3,4", "5"]])
         fds = [sock.fileno() for sock in supervisor.sockets]
+        board = supervisor._board_fd
         for spawned in self.reactor.spawned:
             self.assertEqual(spawned["executable"], "/bin/worker")
             self.assertEqual(spawned["env"], {"X": "1"})
-            self.assertEqual(spawned["childFDs"], {0: "w", 1: "r", 2: "r", 3: fds[0], 4: fds[1]})
+            self.assertEqual(spawned["childFDs"],
+                             {0: "w", 1: "r", 2: "r", 3: fds[0], 4: fds[1], 5: board})
+        assert supervisor.board is not None
+        self.assertEqual(supervisor.board.counts(), [-1, -1, -1])
         self.assertEqual(supervisor.pids(), {"1": 1001, "2": 1002, "3": 1003})
 
     def test_no_worker_when_recovery_fails(self) -> None:
@@ -193,14 +203,19 @@ class SupervisorTests(TestCase):
     def test_a_worker_that_dies_is_started_again(self) -> None:
         events = capture_log(self)
         supervisor = self.started()
+        assert supervisor.board is not None
+        supervisor.board.set(0, 40)
+        supervisor.board.set(1, 3)
         self.reactor.advance(STABLE_AFTER + 1)
         self.reactor.end(0, killed())
         self.assertEqual(supervisor.pids(), {"2": 1002})
+        # Its sessions are gone with it.
+        self.assertEqual(supervisor.board.counts(), [-1, 3])
         self.reactor.advance(RESTART_DELAY - 0.01)
         self.assertEqual(len(self.reactor.spawned), 2)
         self.reactor.advance(0.01)
         self.assertEqual(len(self.reactor.spawned), 3)
-        self.assertEqual(self.reactor.spawned[2]["args"], ["/bin/worker", "1", "3,4"])
+        self.assertEqual(self.reactor.spawned[2]["args"], ["/bin/worker", "1", "3,4", "5"])
         self.assertEqual(supervisor.pids(), {"1": 1003, "2": 1002})
         self.assertEqual(supervisor.restarts, 1)
         said = [formatEvent(e) for e in events]
@@ -316,6 +331,63 @@ def test_parse_listener_refuses(description: str) -> None:
     assert str(caught.value).startswith(f"listener {description}: ")
 
 
+class BalanceTests(TestCase):
+    def setUp(self) -> None:
+        self.board, fd = SessionBoard.create(3)
+        self.addCleanup(os.close, fd)
+        self.addCleanup(self.board.close)
+        # A worker maps the same file from its own descriptor.
+        self.other = SessionBoard(fd)
+        self.addCleanup(self.other.close)
+        self.clock = Clock()
+        self.sessions = 0
+        self.balance = AcceptBalance(self.other, 0, lambda: self.sessions, self.clock)
+
+    def test_the_board_is_shared(self) -> None:
+        self.assertEqual(self.board.slots, 3)
+        self.assertEqual(self.board.counts(), [-1, -1, -1])
+        self.sessions = 7
+        self.balance.publish()
+        self.assertEqual(self.board.counts(), [7, -1, -1])
+
+    def test_alone_it_takes_everything(self) -> None:
+        self.sessions = 1000
+        self.assertFalse(self.balance.defer())
+
+    def test_it_leaves_connections_to_a_less_busy_worker(self) -> None:
+        self.board.set(1, 10)
+        self.board.set(2, 4)
+        self.sessions = 4 + BALANCE_SLACK
+        self.assertFalse(self.balance.defer())
+        self.sessions += 1
+        self.assertTrue(self.balance.defer())
+        self.board.set(2, 5)
+        self.assertFalse(self.balance.defer())
+
+    def test_it_waits_for_the_others_only_so_long(self) -> None:
+        self.board.set(1, 0)
+        self.sessions = 10
+        self.assertTrue(self.balance.defer())
+        self.clock.advance(MAX_DEFER - 0.001)
+        self.assertTrue(self.balance.defer())
+        self.clock.advance(0.001)
+        # Nobody took it: this worker does, and takes the next ones too.
+        self.assertFalse(self.balance.defer())
+        self.clock.advance(DISTRUST - 0.01)
+        self.assertFalse(self.balance.defer())
+        self.clock.advance(0.02)
+        self.assertTrue(self.balance.defer())
+
+    def test_an_absent_worker_counts_for_nothing(self) -> None:
+        self.board.set(1, 0)
+        self.sessions = 10
+        self.assertTrue(self.balance.defer())
+        self.board.set(1, -1)
+        self.assertFalse(self.balance.defer())
+        self.balance.absent()
+        self.assertEqual(self.board.counts()[0], -1)
+
+
 class AdoptedEndpointTests(TestCase):
     @inlineCallbacks
     def test_adopts_the_inherited_socket(self) -> Any:
@@ -394,9 +466,10 @@ def test_workers_option_and_key() -> None:
 
 def test_worker_option() -> None:
     options = Options()
-    options.parseOptions(["--listen", "tcp:2525", "--listen", "tcp:2526", "--worker", "2:3,4"])
-    assert options.worker == ("2", [3, 4])
-    for bad in ("2", "2:", "a/b:3", "2:3;4"):
+    options.parseOptions(["--listen", "tcp:2525", "--listen", "tcp:2526",
+                          "--worker", "2:3,4@5"])
+    assert options.worker == ("2", [3, 4], 5)
+    for bad in ("2", "2:", "a/b:3@5", "2:3;4@5", "2:3,4"):
         with pytest.raises(usage.UsageError) as caught:
             Options().parseOptions(["--worker", bad])
         assert str(caught.value).startswith("--worker: ")
@@ -407,10 +480,10 @@ def test_worker_command_repeats_the_options() -> None:
 
     options = Options()
     options.parseOptions(["--workers", "2", "--queue-dir", "q"])
-    argv = worker_command(options.argv)("1", [3, 4])
+    argv = worker_command(options.argv)("1", [3, 4], 5)
     assert argv[0] == sys.executable
     assert argv[argv.index("mailframe"):] == [
-        "mailframe", "--workers", "2", "--queue-dir", "q", "--worker", "1:3,4"]
+        "mailframe", "--workers", "2", "--queue-dir", "q", "--worker", "1:3,4@5"]
     assert "--nodaemon" in argv and "--pidfile=" in argv
 
 
