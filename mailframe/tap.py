@@ -137,8 +137,9 @@ class Options(usage.Options):
 #: ``SLOT:FD,FD,...@BOARD``: a worker's slot, its inherited listening
 #: sockets, and the supervisor's session board.
 _WORKER = re.compile(r"(\d{1,4}):(\d+(?:,\d+)*)@(\d+)\Z")
-#: What a worker runs: twistd, as the ``twistd`` script does.
-_TWISTD = "from twisted.scripts.twistd import run; run()"
+#: What a worker runs: twistd, as the ``twistd`` script does, in a session
+#: of its own (see :func:`worker_command`).
+_TWISTD = "import os; os.setsid(); from twisted.scripts.twistd import run; run()"
 
 
 def _worker_option(value: str) -> tuple[str, list[int], int]:
@@ -154,6 +155,13 @@ def worker_command(argv: Sequence[str]) -> Any:
     The command of a worker: this Python running ``twistd`` in the
     foreground with the ``mailframe`` options *argv*, and ``--worker``.
     ``-P`` keeps the current directory off the module path.
+
+    Each worker starts a session of its own (``setsid``): a signal to the
+    supervisor's terminal or process group (Ctrl-C, a service manager's
+    SIGTERM) reaches the supervisor alone, which stops the workers in
+    order; and where the kernel schedules by session (Linux's autogroups),
+    each worker gets a share of the CPU of its own, as a separately started
+    server would.
     """
 
     def command(slot: str, fds: Sequence[int], board: int) -> list[str]:
