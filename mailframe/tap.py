@@ -150,11 +150,39 @@ def _worker_option(value: str) -> tuple[str, list[int], int]:
     return match.group(1), fds, int(match.group(3))
 
 
-def worker_command(argv: Sequence[str]) -> Any:
+def logs_to_stdout(argv: Sequence[str]) -> bool:
+    """
+    Whether twistd, run with *argv*, writes its log to standard output:
+    ``--logfile=-``, or ``--nodaemon`` with no other log destination.
+    Any doubt says no.
+    """
+    try:
+        end = list(argv).index("mailframe")
+    except ValueError:
+        return False
+    options = list(argv[1:end])
+    if any(o == "--syslog" or o.startswith("--logger") for o in options):
+        return False
+    logfile = None
+    for index, option in enumerate(options):
+        if option.startswith("--logfile="):
+            logfile = option.split("=", 1)[1]
+        elif option in ("--logfile", "-l") and index + 1 < len(options):
+            logfile = options[index + 1]
+        elif option.startswith("-l") and not option.startswith("--"):
+            logfile = option[2:]
+    if logfile is not None:
+        return logfile == "-"
+    return "-n" in options or "--nodaemon" in options
+
+
+def worker_command(argv: Sequence[str], share_output: bool = False) -> Any:
     """
     The command of a worker: this Python running ``twistd`` in the
     foreground with the ``mailframe`` options *argv*, and ``--worker``.
-    ``-P`` keeps the current directory off the module path.
+    ``-P`` keeps the current directory off the module path. With
+    *share_output*, the worker writes its log to the standard output it
+    shares with the supervisor, each line marked with its slot.
 
     Each worker starts a session of its own (``setsid``): a signal to the
     supervisor's terminal or process group (Ctrl-C, a service manager's
@@ -164,9 +192,12 @@ def worker_command(argv: Sequence[str]) -> Any:
     server would.
     """
 
+    log = ("--logger=mailframe.services.workers.worker_log_observer" if share_output
+           else "--logfile=-")
+
     def command(slot: str, fds: Sequence[int], board: int) -> list[str]:
         return [sys.executable, "-P", "-c", _TWISTD, "--nodaemon", "--pidfile=",
-                "--logfile=-", "mailframe", *argv,
+                log, "mailframe", *argv,
                 "--worker", f"{slot}:{','.join(map(str, fds))}@{board}"]
 
     return command
@@ -191,10 +222,13 @@ def makeService(options: Options) -> IService:
         if worker is None and config.workers > 1:
             # The service above checked the whole config here, once; the
             # supervisor recovers its queue store before the workers start.
+            # Where the supervisor logs to its standard output, so do the
+            # workers, each itself: no line passes through the supervisor.
+            shared = logs_to_stdout(sys.argv)
             supervisor = WorkerSupervisor(
                 reactor, [listener.endpoint for listener in config.effective_listeners()],
-                config.workers, worker_command(options.argv), store=service.store,
-                grace=config.shutdown_grace,
+                config.workers, worker_command(options.argv, shared), store=service.store,
+                grace=config.shutdown_grace, share_output=shared,
             )
             supervisor.ready.addErrback(lambda _: reactor.stop())
             signal.signal(signal.SIGHUP,

@@ -29,6 +29,7 @@ import re
 import signal
 import socket
 import struct
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -45,7 +46,13 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.protocol import ProcessProtocol
-from twisted.logger import Logger
+from twisted.logger import (
+    FileLogObserver,
+    ILogObserver,
+    LogEvent,
+    Logger,
+    formatEventAsClassicLogText,
+)
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -59,6 +66,7 @@ __all__ = [
     "open_listener",
     "parse_listener",
     "restart_delay",
+    "worker_log_observer",
 ]
 
 #: Seconds before the first restart of a worker that died.
@@ -466,6 +474,10 @@ class WorkerSupervisor(Service):
     :param grace: the workers' shutdown grace: on stop, each worker gets it
         and :data:`KILL_MARGIN` more after SIGTERM, and then SIGKILL.
     :param env: the workers' environment; by default this process's.
+    :param share_output: give the workers this process's standard output
+        and error, where they write their log lines themselves (see
+        :func:`worker_log_observer`), when this process logs there too;
+        otherwise each line comes through a pipe into this process's log.
 
     :ivar ready: fires once the queue is recovered and every worker is
         started; fails if the recovery failed.
@@ -481,9 +493,11 @@ class WorkerSupervisor(Service):
         store: IQueueStore | None = None,
         grace: float = 30.0,
         env: Mapping[str, str] | None = None,
+        share_output: bool = False,
     ) -> None:
         if count < 1:
             raise ValueError("at least one worker")
+        self.share_output = share_output
         self.specs = [parse_listener(description) for description in listeners]
         self.count = count
         self.command = command
@@ -562,7 +576,8 @@ class WorkerSupervisor(Service):
         fds = [FIRST_FD + i for i in range(len(self.sockets))]
         board = FIRST_FD + len(fds)
         argv = list(self.command(slot, fds, board))
-        child_fds: dict[int, int | str] = {0: "w", 1: "r", 2: "r"}
+        child_fds: dict[int, int | str] = (
+            {0: "w", 1: 1, 2: 2} if self.share_output else {0: "w", 1: "r", 2: "r"})
         for fd, sock in zip(fds, self.sockets, strict=True):
             child_fds[fd] = sock.fileno()
         assert self._board_fd is not None
@@ -641,6 +656,32 @@ class WorkerSupervisor(Service):
                 if e.errno != errno.EBADF:
                     raise
         self.sockets = []
+
+
+def worker_log_observer() -> ILogObserver:
+    """
+    The log observer of a worker that writes to its supervisor's standard
+    output (``twistd --logger``): twistd's own format, with the worker's
+    slot (from its ``--worker`` option) after the time::
+
+        2026-11-29T21:30:16+0000 worker 2: [mailframe.services.mta.MailService#info] ...
+    """
+    slot = "?"
+    argv = sys.argv
+    for index, arg in enumerate(argv):
+        if arg == "--worker" and index + 1 < len(argv):
+            slot = argv[index + 1].split(":", 1)[0]
+        elif arg.startswith("--worker="):
+            slot = arg.split("=", 1)[1].split(":", 1)[0]
+
+    def format_event(event: LogEvent) -> str | None:
+        text = formatEventAsClassicLogText(event)
+        if text is None:
+            return None
+        stamp, _, rest = text.partition(" ")
+        return f"{stamp} worker {slot}: {rest}"
+
+    return FileLogObserver(sys.stdout, format_event)
 
 
 def _status(reason: Failure) -> str:

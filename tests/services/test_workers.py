@@ -517,3 +517,63 @@ def test_make_service_returns_the_supervisor(tmp_path: Any, monkeypatch: Any) ->
     with pytest.raises(usage.UsageError) as caught:
         tap.makeService(refused)
     assert "unix:" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["twistd", "-n", "mailframe"], True),
+        (["twistd", "--nodaemon", "--pidfile=", "mailframe", "--workers", "2"], True),
+        (["twistd", "-n", "--logfile=-", "mailframe"], True),
+        (["twistd", "-l", "-", "mailframe"], True),
+        (["twistd", "-n", "--logfile=/var/log/mf.log", "mailframe"], False),
+        (["twistd", "-n", "-l", "mf.log", "mailframe"], False),
+        (["twistd", "-n", "--syslog", "mailframe"], False),
+        (["twistd", "-n", "--logger=a.b", "mailframe"], False),
+        (["twistd", "mailframe"], False),
+        (["twistd", "-n"], False),
+    ],
+)
+def test_logs_to_stdout(argv: list[str], expected: bool) -> None:
+    from mailframe.tap import logs_to_stdout
+
+    assert logs_to_stdout(argv) is expected
+
+
+def test_worker_command_with_shared_output() -> None:
+    argv = worker_command(["--workers", "2"], share_output=True)("2", [3], 4)
+    assert "--logger=mailframe.services.workers.worker_log_observer" in argv
+    assert "--logfile=-" not in argv
+    assert "--logfile=-" in worker_command(["--workers", "2"])("2", [3], 4)
+
+
+def test_worker_log_observer_names_the_slot(monkeypatch: Any) -> None:
+    import io
+    import sys
+
+    from mailframe.services.workers import worker_log_observer
+
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "argv", ["-c", "mailframe", "--worker", "7:3,4@5"])
+    observer = worker_log_observer()
+    observer({"log_format": "Queue recovered with {count} entries", "count": 3,
+              "log_namespace": "mailframe.services.mta", "log_level": None,
+              "log_time": 1795987816.0})
+    stamp, _, rest = out.getvalue().partition(" ")
+    assert stamp.startswith("20")
+    assert rest == "worker 7: [mailframe.services.mta#-] Queue recovered with 3 entries\n"
+
+
+class SharedOutputTests(TestCase):
+    def test_workers_write_to_the_supervisors_output(self) -> None:
+        reactor = ProcessReactor()
+        store = FakeStore()
+        supervisor = WorkerSupervisor(reactor, ["tcp:0:interface=127.0.0.1"], 1, command,
+                                      store=store, share_output=True)
+        self.addCleanup(supervisor._close)
+        supervisor.privilegedStartService()
+        supervisor.startService()
+        store.recovering.callback(0)
+        child_fds = reactor.spawned[0]["childFDs"]
+        self.assertEqual((child_fds[0], child_fds[1], child_fds[2]), ("w", 1, 2))
