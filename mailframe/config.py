@@ -209,7 +209,8 @@ class ListenerConfig:
     One listener and the settings it overrides, like a ``master.cf`` line.
 
     :ivar endpoint: a Twisted server endpoint string (``ssl:`` for implicit
-        TLS, RFC 8314).
+        TLS, RFC 8314; ``haproxy:tcp:`` behind a PROXY protocol load
+        balancer).
     :ivar name: the listener's name, in the logs and in
         :attr:`ClientInfo.listener <mailframe.envelope.ClientInfo.listener>`.
     :ivar starttls: offer STARTTLS; ``None`` offers it when a certificate
@@ -264,7 +265,8 @@ def _check_endpoint(description: str) -> None:
         if kind == "ssl":
             raise ValueError(
                 f"{description!r}: implicit TLS behind a PROXY header is not supported;"
-                " let the proxy end TLS, or offer STARTTLS on a haproxy:tcp: listener")
+                " let the balancer end TLS and pass the session on to a haproxy:tcp:"
+                " listener, or listen with ssl: outside the balancer")
     if kind in _PARSED_TYPES:
         try:
             serverFromString(None, inner)

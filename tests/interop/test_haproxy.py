@@ -53,8 +53,8 @@ backend mailframe_v1
 
 def haproxy_program() -> str:
     found = shutil.which("haproxy") or next(
-        (str(p) for p in (pathlib.Path("/usr/sbin/haproxy"), pathlib.Path("/usr/local/sbin/haproxy"))
-         if p.exists()), None)
+        (str(p) for d in ("/usr/sbin", "/usr/local/sbin")
+         if (p := pathlib.Path(d) / "haproxy").exists()), None)
     if found is None:
         unavailable("haproxy is not installed (Debian: apt-get install -y haproxy)")
     return found
