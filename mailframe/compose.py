@@ -30,6 +30,7 @@ from mailframe.core import Limits
 from mailframe.errors import ConfigError
 from mailframe.interfaces import IDeliveryTransport, IPolicy, IRecipientValidator
 from mailframe.protocols._tls import ServerTLS
+from mailframe.protocols.proxy import ProxyHeaderEndpoint, split_proxy
 from mailframe.protocols.server import (
     AuthFailures,
     ConnectionCounts,
@@ -231,8 +232,14 @@ def build_mail_service(
             settings, store, chain, reactor, on_queued=lambda _: runner.wake(), counts=counts,
             auth_failures=failures,
         )
+        # mailframe reads the PROXY header itself: Twisted's haproxy: parser
+        # would start the session on the proxy's address. A worker adopts
+        # the socket its supervisor bound, and wraps it the same way.
+        behind_proxy, description = split_proxy(listener.endpoint)
         endpoint = (AdoptedEndpoint(reactor, sockets[index], balance) if sockets
-                    else serverFromString(reactor, listener.endpoint))
+                    else serverFromString(reactor, description))
+        if behind_proxy:
+            endpoint = ProxyHeaderEndpoint(endpoint, reactor)
         listeners.append(ListeningService(endpoint, factory, listener.endpoint))
     parts = [*transports.values(), router, *shared, store]
     stoppables = [p for p in parts if callable(getattr(p, "stop", None))]

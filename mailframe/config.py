@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
+from twisted.internet.endpoints import serverFromString
 
 from mailframe._positions import key_positions
 from mailframe.address import AddressError, Mailbox, is_domain
@@ -25,6 +26,7 @@ from mailframe.errors import ConfigError
 from mailframe.policies._domains import domain_key
 from mailframe.policies.relay import LOOPBACK, parse_networks
 from mailframe.policies.users import load_users
+from mailframe.protocols.proxy import split_proxy
 from mailframe.services.queuerunner import DEFAULT_BOUNCE_SIZE_LIMIT
 from mailframe.services.schedule import (
     DEFAULT_DELAY_WARNING,
@@ -57,7 +59,8 @@ class Config:
     """
     Everything needed to compose a mail service.
 
-    :ivar listen: server endpoint strings (``tcp:``, ``ssl:``, ``unix:``).
+    :ivar listen: server endpoint strings (``tcp:``, ``ssl:``, ``unix:``, and
+        ``haproxy:tcp:`` behind a PROXY protocol load balancer).
     :ivar hostname: the server's name.
     :ivar queue_dir: the directory of the spool.
     :ivar local_domains: ``(domain, directory)`` pairs; mail for
@@ -209,7 +212,8 @@ class ListenerConfig:
     One listener and the settings it overrides, like a ``master.cf`` line.
 
     :ivar endpoint: a Twisted server endpoint string (``ssl:`` for implicit
-        TLS, RFC 8314).
+        TLS, RFC 8314; ``haproxy:tcp:`` behind a PROXY protocol load
+        balancer).
     :ivar name: the listener's name, in the logs and in
         :attr:`ClientInfo.listener <mailframe.envelope.ClientInfo.listener>`.
     :ivar starttls: offer STARTTLS; ``None`` offers it when a certificate
@@ -237,12 +241,40 @@ class ListenerConfig:
 def _listen(value: Any) -> tuple[str, ...]:
     items = _strings(value)
     for item in items:
-        if item.split(":", 1)[0].strip().lower() == "haproxy":
-            raise ValueError(
-                "haproxy: listeners are refused: Twisted's PROXY wrapper would show"
-                " the proxy's address to relay control and make an open relay"
-            )
+        _check_endpoint(item)
     return items
+
+
+#: Endpoint types whose strings Twisted parses without touching a file or
+#: the environment, so that a bad port or option is named when the config
+#: is read.
+_PARSED_TYPES = ("tcp", "tcp6", "unix")
+
+
+def _check_endpoint(description: str) -> None:
+    """
+    Refuse what cannot listen: a ``haproxy:`` prefix with nothing, another
+    prefix or implicit TLS after it, and a ``tcp:``, ``tcp6:`` or ``unix:``
+    string that Twisted cannot parse.
+    """
+    behind_proxy, inner = split_proxy(description)
+    kind = inner.split(":", 1)[0].strip().lower()
+    if behind_proxy:
+        if not inner:
+            raise ValueError(f"{description!r} names no endpoint after haproxy:,"
+                             " such as haproxy:tcp:25")
+        if kind == "haproxy":
+            raise ValueError(f"{description!r}: one haproxy: prefix is enough")
+        if kind == "ssl":
+            raise ValueError(
+                f"{description!r}: implicit TLS behind a PROXY header is not supported;"
+                " let the balancer end TLS and pass the session on to a haproxy:tcp:"
+                " listener, or listen with ssl: outside the balancer")
+    if kind in _PARSED_TYPES:
+        try:
+            serverFromString(None, inner)
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"{description!r} is not a valid endpoint: {error}") from None
 
 
 def _endpoint(value: Any) -> str:

@@ -47,7 +47,8 @@ class ClientInfo:
     Who sent a message, as the server saw it.
 
     :ivar address: the client's IP address (from the PROXY header where one
-        was used), or ``""`` for a non-IP transport.
+        was used), or ``""`` for a non-IP transport and for a PROXY header
+        that named no client.
     :ivar port: the client's port, or 0.
     :ivar helo: the name given in HELO or EHLO.
     :ivar esmtp: ``True`` if the client used EHLO.

@@ -95,3 +95,27 @@ def test_discard_store_needs_unsafe_store(tmp_path: object) -> None:
     service = compose.build_mail_service(
         Config(queue_dir=str(tmp_path), store="discard", unsafe_store=True), reactor)
     assert isinstance(service.store, DiscardQueueStore)
+
+
+def test_haproxy_listener_reads_the_header_itself(tmp_path: object) -> None:
+    from mailframe.protocols.proxy import ProxyHeaderEndpoint, ProxyHeaderFactory
+    from mailframe.protocols.server import SMTPServerFactory
+
+    reactor = PoolReactor()
+    config = Config(listen=("haproxy:tcp:2600:interface=127.0.0.1", "tcp:2601"),
+                    queue_dir=str(tmp_path), hostname="mx.example.com")
+    service = compose.build_mail_service(config, reactor, max_connections=50)
+    behind, plain = service.listeners
+    assert behind.description == "haproxy:tcp:2600:interface=127.0.0.1"
+    # The service keeps the SMTP factory, so that stopping shuts it down
+    # gracefully; only the endpoint knows about the header.
+    assert isinstance(behind.factory, SMTPServerFactory)
+    assert isinstance(behind.endpoint, ProxyHeaderEndpoint)
+    assert not isinstance(plain.endpoint, ProxyHeaderEndpoint)
+    behind.startService()
+    plain.startService()
+    (port, wrapper, _, interface), (other, factory, _, _) = reactor.tcpServers
+    assert (port, interface, other) == (2600, "127.0.0.1", 2601)
+    assert isinstance(wrapper, ProxyHeaderFactory)
+    assert wrapper.wrapped_factory is behind.factory
+    assert factory is plain.factory

@@ -45,7 +45,12 @@ def test_file_values() -> None:
         ('hostname = "a"\nmax_recipients = 5\n', "max_recipients", 2),
         ('\n\nbogus_key = 1\n', "bogus_key", 3),
         ('relay_networks = ["10.0.0.300/8"]\n', "relay_networks", 1),
-        ('listen = ["haproxy:tcp:25"]\n', "listen", 1),
+        ('hostname = "a.example"\nlisten = ["tcp:25", "haproxy:"]\n', "listen", 2),
+        ('listen = ["haproxy:tcp:smtp"]\n', "listen", 1),
+        ('listen = ["haproxy:tcp:25:colour=blue"]\n', "listen", 1),
+        ('listen = ["haproxy:haproxy:tcp:25"]\n', "listen", 1),
+        ('listen = ["haproxy:ssl:465"]\n', "listen", 1),
+        ('listen = ["tcp:2x5"]\n', "listen", 1),
         ('idle_timeout = "1m"\n', "idle_timeout", 1),
         ('x = [\n', "(syntax)", 2),
         ('[local_domains]\n"bad domain" = "/tmp"\n', "local_domains", 1),
@@ -57,6 +62,27 @@ def test_errors_name_key_and_line(text: str, key: str, line: int) -> None:
     assert caught.value.key == key
     assert caught.value.line == line
     assert key in str(caught.value) and f"line {line}" in str(caught.value)
+
+
+def test_haproxy_listeners_are_accepted() -> None:
+    config = parse_config(
+        'listen = ["haproxy:tcp:25:interface=127.0.0.1", "HAProxy:tcp6:2525"]\n'
+        '[[listener]]\nendpoint = "haproxy:unix:/run/mailframe.sock"\nname = "lb"\n'
+    )
+    assert config.listen == ("haproxy:tcp:25:interface=127.0.0.1", "HAProxy:tcp6:2525")
+    assert [lc.endpoint for lc in config.effective_listeners()][-1] == (
+        "haproxy:unix:/run/mailframe.sock")
+
+
+def test_haproxy_errors_say_what_is_wrong() -> None:
+    for endpoint, said in [
+        ("haproxy:", "names no endpoint after haproxy:"),
+        ("haproxy:ssl:465", "implicit TLS behind a PROXY header is not supported"),
+        ("haproxy:haproxy:tcp:25", "one haproxy: prefix is enough"),
+        ("haproxy:tcp:smtp", "not a valid endpoint"),
+    ]:
+        with pytest.raises(ConfigError, match=said):
+            parse_config(f'listen = ["{endpoint}"]\n')
 
 
 def test_command_line_overrides_file(tmp_path: object) -> None:
@@ -82,7 +108,8 @@ def test_command_line_overrides_file(tmp_path: object) -> None:
         (["--max-message-size", "big"], "--max-message-size"),
         (["--relay-network", "nonsense"], "--relay-network"),
         (["--local-domain", "example.com"], "--local-domain"),
-        (["--listen", "haproxy:tcp:25"], "--listen"),
+        (["--listen", "haproxy:tcp:x"], "--listen"),
+        (["--submission", "haproxy:"], "--submission"),
         (["--local-users", "/nonexistent/users"], "--local-users"),
     ],
 )
@@ -151,6 +178,8 @@ def test_listener_tables_and_submission(tmp_path: object) -> None:
          "listener[2].bogus", 6),
         ('[[listener]]\nendpoint = "tcp:1"\nauth = "sometimes"\n', "listener[1].auth", 3),
         ('[[listener]]\nname = "x"\n', "listener[1].endpoint", 1),
+        ('[[listener]]\nendpoint = "tcp:1"\n\n[[listener]]\nname = "mx"\n'
+         'endpoint = "haproxy:tcp:two"\n', "listener[2].endpoint", 6),
         ('[[listener]]\nendpoint = "tcp:1"\nauth = "required"\n', "auth_checker", None),
         ('auth_checker = "nonsense:what"\n', "auth_checker", 1),
         ('tls_cert = "/nonexistent.pem"\n', "tls_cert", 1),

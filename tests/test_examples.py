@@ -197,3 +197,22 @@ def test_example_config_errors_name_the_line(tmp_path: pathlib.Path) -> None:
     result = check_config(path)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "tls_key (line " in result.stderr, result.stderr
+
+
+def test_behind_proxy() -> None:
+    result = run(REPO / "examples" / "behind_proxy.py")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert re.fullmatch(r"listening behind the balancer on port \d+", lines[0]), result.stdout
+    assert lines[1:] == [
+        "as 203.0.113.7: EHLO 250",
+        "as 203.0.113.7: RCPT TO:<someone@elsewhere.example> 554 5.7.1"
+        " <someone@elsewhere.example>: Relay access denied",
+        "as 203.0.113.7: RCPT TO:<alice@example.com> 250 2.1.5 OK",
+        "as 203.0.113.7: DATA 250 2.0.0 Ok: queued as",
+        "health check: EHLO 250",
+        "health check: RCPT TO:<someone@elsewhere.example> 554 5.7.1"
+        " <someone@elsewhere.example>: Relay access denied",
+        "delivered with: Received: from client.example (unknown [203.0.113.7])",
+        "stopped",
+    ], result.stdout

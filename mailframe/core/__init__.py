@@ -72,6 +72,13 @@ from mailframe.core._limits import (
     Limits,
 )
 from mailframe.core._lmtp import LMTPClientConnection
+from mailframe.core._proxy import (
+    HeaderReceived,
+    ProxyAddress,
+    ProxyHeader,
+    ProxyHeaderError,
+    ProxyHeaderParser,
+)
 from mailframe.core._server import ServerConnection, Transaction
 from mailframe.core._state import State
 
@@ -114,6 +121,7 @@ __all__ = [
     "Event",
     "Expn",
     "Greeting",
+    "HeaderReceived",
     "Helo",
     "Help",
     "LMTPClientConnection",
@@ -127,6 +135,10 @@ __all__ = [
     "ORCPT_LENGTH",
     "PAUSED",
     "ProtocolViolation",
+    "ProxyAddress",
+    "ProxyHeader",
+    "ProxyHeaderError",
+    "ProxyHeaderParser",
     "Quit",
     "REPLY_LINE",
     "Rcpt",
