@@ -57,6 +57,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailframe.interfaces import IQueueStore
+from mailframe.protocols.proxy import split_proxy
 
 __all__ = [
     "AdoptedEndpoint",
@@ -142,9 +143,7 @@ def parse_listener(description: str) -> ListenSocket:
     """
     from twisted.internet.endpoints import _parse  # the endpoint grammar, escapes and all
 
-    text = description
-    if text.split(":", 1)[0].strip().lower() == "haproxy":
-        text = text.split(":", 1)[1]
+    _, text = split_proxy(description)
     args, kwargs = _parse(text)
     kind = str(args[0]).lower() if args else ""
     if kind not in ("tcp", "tcp6"):

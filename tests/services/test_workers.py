@@ -577,3 +577,30 @@ class SharedOutputTests(TestCase):
         store.recovering.callback(0)
         child_fds = reactor.spawned[0]["childFDs"]
         self.assertEqual((child_fds[0], child_fds[1], child_fds[2]), ("w", 1, 2))
+
+
+def test_a_worker_wraps_an_adopted_haproxy_listener(tmp_path: Any) -> None:
+    from twisted.python.threadpool import ThreadPool
+
+    from mailframe.compose import build_mail_service
+    from mailframe.protocols.proxy import ProxyHeaderEndpoint
+
+    class PoolReactor(ProcessReactor):
+        def getThreadPool(self) -> ThreadPool:
+            return ThreadPool()
+
+    board, board_fd = SessionBoard.create(2)
+    try:
+        config = Config(queue_dir=str(tmp_path), listen=(
+            "tcp:2525:interface=127.0.0.1", "haproxy:tcp:2526:interface=127.0.0.1"))
+        service = build_mail_service(config, PoolReactor(), worker="2",
+                                     sockets=[11, 12], board=board_fd)
+        plain, proxied = (listener.endpoint for listener in service.listeners)
+        assert isinstance(plain, AdoptedEndpoint) and plain.fd == 11
+        assert plain.balance is not None and plain.balance.index == 1
+        assert isinstance(proxied, ProxyHeaderEndpoint)
+        assert isinstance(proxied.endpoint, AdoptedEndpoint) and proxied.endpoint.fd == 12
+        assert service.store.slot == "2"
+    finally:
+        board.close()
+        os.close(board_fd)
