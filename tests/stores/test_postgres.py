@@ -31,3 +31,247 @@ class PostgresContractTests(QueueStoreContract, TestCase):
     def make_store(self) -> Deferred[PostgresQueueStore]:
         store = make_store(self, postgres().new_database(), pool_size=3)
         return store.recover().addCallback(lambda _: store)
+
+
+def _envelope() -> Any:
+    from mailframe.testing._fakes import envelope
+
+    return envelope("sender@example.org", "alice@example.com")
+
+
+def _rows(dsn: str, sql: str) -> list[tuple[Any, ...]]:
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return conn.execute(sql).fetchall()  # type: ignore[arg-type]
+
+
+def _wait_for(predicate: Any, timeout: float = 10.0) -> Deferred[None]:
+    """Fires once *predicate()* holds, checking every 20 ms; fails after *timeout*."""
+    from twisted.internet.task import deferLater
+
+    @inlineCallbacks
+    def wait() -> _Test:
+        deadline = reactor.seconds() + timeout
+        while not predicate():
+            if reactor.seconds() > deadline:
+                raise AssertionError(f"not within {timeout} s")
+            yield deferLater(reactor, 0.02, lambda: None)
+
+    return wait()
+
+
+class _Producer:
+    def __init__(self) -> None:
+        self.paused = False
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class PostgresStoreTests(TestCase):
+    timeout = 120
+
+    def setUp(self) -> None:
+        self.dsn = postgres().new_database()
+
+    def store(self, **options: Any) -> PostgresQueueStore:
+        return make_store(self, self.dsn, **options)
+
+    @inlineCallbacks
+    def commit(self, store: PostgresQueueStore, data: bytes = b"Subject: x\r\n\r\nhi\r\n") -> _Test:
+        writer = store.open_writer()
+        writer.write(data)
+        queue_id = yield writer.commit(_envelope())
+        return queue_id  # type: ignore[misc]
+
+    @inlineCallbacks
+    def test_large_message_in_chunks_in_bounded_memory(self) -> _Test:
+        """
+        50 MB streamed through a writer whose producer honours pauses: every
+        chunk row is at most the chunk size, the message reads back intact,
+        and Python never held much more than the high-water mark at once.
+        """
+        import hashlib
+        import tracemalloc
+
+        chunk_size = 256 * 1024
+        store = self.store(chunk_size=chunk_size)
+        yield store.recover()
+        total = 50 * 1024 * 1024
+        piece = 64 * 1024
+        digest = hashlib.sha256()
+        writer = store.open_writer()
+        producer = _Producer()
+        writer.registerProducer(producer, True)
+        pauses = 0
+        tracemalloc.start()
+        try:
+            sent = 0
+            while sent < total:
+                if producer.paused:
+                    pauses += 1
+                    yield _wait_for(lambda: not producer.paused, 60)
+                data = (b"%08d" % (sent // piece)) * (piece // 8)
+                digest.update(data)
+                writer.write(data)
+                sent += len(data)
+            queue_id = yield writer.commit(_envelope())
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        writer.unregisterProducer()
+        self.assertGreater(pauses, 0)
+        self.assertLess(peak, 16 * 1024 * 1024, f"peak {peak} octets")
+        rows = _rows(self.dsn, f"SELECT count(*), max(length(data)), sum(length(data))"
+                               f" FROM mailframe_chunks WHERE queue_id = '{queue_id}'")
+        count, longest, octets = rows[0]
+        self.assertEqual(count, total // chunk_size)
+        self.assertEqual(longest, chunk_size)
+        self.assertEqual(octets, total)
+        f = yield store.open_message(queue_id)
+        try:
+            check = hashlib.sha256()
+            while block := f.read(1024 * 1024):
+                check.update(block)
+        finally:
+            f.close()
+        self.assertEqual(check.hexdigest(), digest.hexdigest())
+        self.assertEqual(_rows(self.dsn, "SELECT count(*) FROM mailframe_uploads"), [(0,)])
+
+    @inlineCallbacks
+    def test_orphaned_chunks_are_swept(self) -> _Test:
+        """A node that stopped mid-DATA leaves chunks; recovery elsewhere removes them."""
+        crashed = self.store(chunk_size=1024, node="crashed")
+        yield crashed.recover()
+        writer = crashed.open_writer()
+        writer.write(b"x" * 5000)
+        yield crashed.wait_idle()
+        self.assertEqual(_rows(self.dsn, "SELECT count(*) FROM mailframe_chunks"), [(4,)])
+        # The node is gone: its writer is neither committed nor aborted.
+        survivor = self.store(node="survivor", orphan_age=0.0)
+        yield survivor.recover()
+        self.assertEqual(_rows(self.dsn, "SELECT count(*) FROM mailframe_chunks"), [(0,)])
+        self.assertEqual(_rows(self.dsn, "SELECT count(*) FROM mailframe_uploads"), [(0,)])
+        # Were it still alive, its message could not be sealed any more.
+        writer.write(b"y" * 2000)
+        try:
+            yield writer.commit(_envelope())
+        except Exception as error:
+            self.assertIn("orphans", str(error))
+        else:
+            self.fail("a message whose chunks were swept was committed")
+        self.assertEqual((yield survivor.list()), [])
+
+    @inlineCallbacks
+    def test_abort_removes_chunks(self) -> _Test:
+        store = self.store(chunk_size=1024)
+        yield store.recover()
+        writer = store.open_writer()
+        writer.write(b"z" * 4096)
+        yield store.wait_idle()
+        writer.abort()
+        yield store.wait_idle()
+        self.assertEqual(_rows(self.dsn, "SELECT count(*) FROM mailframe_chunks"), [(0,)])
+        self.assertEqual(_rows(self.dsn, "SELECT count(*) FROM mailframe_uploads"), [(0,)])
+
+    @inlineCallbacks
+    def test_expired_lease_is_taken_over_by_another_node(self) -> _Test:
+        first = self.store(node="first", lease=60.0)
+        second = self.store(node="second", lease=60.0)
+        yield first.recover()
+        yield second.recover()
+        queue_id = yield self.commit(first)
+        now = reactor.seconds()
+        taken = yield first.claim(now, 10, 60)
+        self.assertEqual([e.queue_id for e in taken], [queue_id])
+        self.assertEqual((yield second.claim(now + 30, 10, 60)), [])
+        owner = _rows(self.dsn, "SELECT lease_owner FROM mailframe_entries")
+        self.assertEqual(owner, [("first",)])
+        # The first node's lease runs out: the second takes the entry over.
+        again = yield second.claim(now + 61, 10, 60)
+        self.assertEqual([e.queue_id for e in again], [queue_id])
+        self.assertEqual(_rows(self.dsn, "SELECT lease_owner FROM mailframe_entries"),
+                         [("second",)])
+        # The first node finds out at its next step, and changes nothing.
+        from mailframe.stores import LeaseLost
+
+        yield self.assertFailure(first.renew(queue_id, 60), LeaseLost)
+        yield self.assertFailure(first.record(taken[0]), LeaseLost)
+        yield first.reschedule(queue_id, now + 999, "first gave up")
+        entry = yield second.get(queue_id)
+        self.assertEqual(entry.state.value, "active")
+        yield second.renew(queue_id, 60)
+
+    @inlineCallbacks
+    def test_recover_leaves_other_nodes_leases(self) -> _Test:
+        first = self.store(node="first", lease=600.0)
+        yield first.recover()
+        queue_id = yield self.commit(first)
+        yield first.claim(reactor.seconds(), 10, 600)
+        other = self.store(node="other", lease=600.0)
+        yield other.recover()
+        self.assertEqual((yield other.get(queue_id)).state.value, "active")
+        self.assertEqual((yield other.claim(reactor.seconds(), 10, 600)), [])
+        # The first node restarts under the same id: its leases come back.
+        restarted = self.store(node="first", lease=600.0)
+        yield restarted.recover()
+        entry = yield restarted.get(queue_id)
+        self.assertEqual(entry.state.value, "deferred")
+        self.assertEqual(len((yield other.claim(reactor.seconds(), 10, 600))), 1)
+
+    @inlineCallbacks
+    def test_notify_wakes_another_node(self) -> _Test:
+        sender = self.store(node="sender")
+        watcher = self.store(node="watcher")
+        yield sender.recover()
+        yield watcher.recover()
+        woken: list[None] = []
+        watcher.notify_on_change(lambda: woken.append(None))
+        yield _wait_for(watcher.listening)
+        yield _wait_for(lambda: bool(woken))  # the look after connecting
+        del woken[:]
+        yield self.commit(sender)
+        yield _wait_for(lambda: bool(woken))
+
+    @inlineCallbacks
+    def test_schema_missing_or_newer_is_refused(self) -> _Test:
+        from mailframe.stores._pgschema import SchemaMismatch
+
+        empty = make_store(self, postgres().new_database(migrated=False))
+        failure = yield self.assertFailure(empty.recover(), SchemaMismatch)
+        self.assertIn("mailframe db upgrade", str(failure))
+        _rows(self.dsn, "UPDATE mailframe_schema SET version = 99 RETURNING 1")
+        newer = self.store()
+        failure = yield self.assertFailure(newer.recover(), SchemaMismatch)
+        self.assertIn("version 99", str(failure))
+
+    def test_upgrade_is_idempotent(self) -> None:
+        import psycopg
+
+        from mailframe.stores._pgschema import SCHEMA_VERSION, upgrade_blocking
+
+        dsn = postgres().new_database(migrated=False)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            self.assertEqual(upgrade_blocking(conn), (0, SCHEMA_VERSION))
+            self.assertEqual(upgrade_blocking(conn), (SCHEMA_VERSION, SCHEMA_VERSION))
+        tables = _rows(dsn, "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'mailframe_%'")
+        self.assertEqual(tables, [(4,)])
+
+    @inlineCallbacks
+    def test_unreachable_database_fails_recovery_clearly(self) -> _Test:
+        from mailframe.stores.postgres import StoreUnavailable
+        from tests.pg_support import _free_port
+
+        store = make_store(self, f"host=127.0.0.1 port={_free_port()} dbname=x user=y"
+                                 " password=secret")
+        store.connect_timeout = 1.0
+        failure = yield self.assertFailure(store.recover(), StoreUnavailable)
+        self.assertIn("cannot connect", str(failure))
+        self.assertNotIn("secret", str(failure))
