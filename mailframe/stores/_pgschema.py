@@ -32,6 +32,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from mailframe.stores._errors import StoreUnavailable
+
 __all__ = [
     "ADVISORY_LOCK",
     "MIGRATIONS",
@@ -96,7 +98,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-class SchemaMismatch(Exception):
+class SchemaMismatch(StoreUnavailable):
     """The database's schema is not the version this mailframe needs."""
 
 

@@ -61,12 +61,19 @@ from zope.interface import implementer
 from mailframe.components import ComponentMaker, Setting
 from mailframe.envelope import EntryState, Envelope, QueueEntry, QueueStats
 from mailframe.interfaces import IQueueStore, IQueueWriter
-from mailframe.stores._errors import EntryStateError, LeaseLost, NoSuchEntry, check_recipients
+from mailframe.stores._errors import (
+    EntryStateError,
+    LeaseLost,
+    NoSuchEntry,
+    StoreUnavailable,
+    check_recipients,
+)
 from mailframe.stores._ids import RandomSource, new_queue_id
 from mailframe.stores._pgschema import (
     SchemaMismatch,
     current_version,
     mismatch_message,
+    upgrade_blocking,
 )
 from mailframe.stores._pressure import DEFAULT_HIGH_WATER, GatedWriter, ProducerGate
 from mailframe.stores._serialize import CorruptEntryError, entry_from_json, entry_to_json
@@ -88,6 +95,8 @@ __all__ = [
     "UploadLost",
     "default_node",
     "describe_dsn",
+    "schema_version",
+    "upgrade",
 ]
 
 #: Octets of a message written in one chunk, each in its own transaction.
@@ -130,15 +139,11 @@ class MissingDriver(ImportError):
     """psycopg 3 or psycopg-pool is not installed."""
 
 
-class StoreUnavailable(Exception):
-    """The database cannot be reached, or the connection to it broke."""
-
-
 class UploadLost(Exception):
     """The chunks of a message being received were swept away as orphans."""
 
 
-class ClockSkew(Exception):
+class ClockSkew(StoreUnavailable):
     """This node's clock and the database's differ too much for leases to work."""
 
 
@@ -170,6 +175,36 @@ def describe_dsn(dsn: str) -> str:
     shown = [f"{key}={value}" for key, value in parts.items()
              if key in ("host", "hostaddr", "port", "dbname", "user")]
     return " ".join(shown) or "the default database"
+
+
+def _connect(dsn: str, connect_timeout: float) -> Any:
+    psycopg, _ = _driver()
+    try:
+        return psycopg.connect(dsn, autocommit=True,
+                               connect_timeout=max(1, round(connect_timeout)))
+    except psycopg.OperationalError as error:
+        raise StoreUnavailable(f"cannot connect to the PostgreSQL database"
+                               f" ({describe_dsn(dsn)}): {str(error).strip()}") from None
+
+
+def upgrade(dsn: str, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT) -> tuple[int, int]:
+    """
+    Apply the schema migrations that the database at *dsn* lacks (blocking;
+    for ``mailframe db upgrade``). Safe to run again, and on several nodes
+    at once.
+
+    :return: the schema versions before and after.
+    :raises StoreUnavailable: when the database cannot be reached or is
+        newer than this mailframe.
+    """
+    with _connect(dsn, connect_timeout) as conn:
+        return upgrade_blocking(conn)
+
+
+def schema_version(dsn: str, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT) -> int:
+    """The schema version of the database at *dsn* (blocking), 0 for none."""
+    with _connect(dsn, connect_timeout) as conn:
+        return current_version(conn)
 
 
 class PostgresReactor(Protocol):
