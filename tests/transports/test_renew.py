@@ -103,6 +103,7 @@ class SMTPRenewTests(SynchronousTestCase):
         results = harness.deliver(entry, test_smtp.MX)
         self.assertEqual(test_smtp.codes(results), [("delivered", 250)])
         self.assertEqual(store.renewals, 0)
+        self.assertEqual(len(server.messages()), 1)
 
 
 class LMTPRenewTests(SynchronousTestCase):
