@@ -41,17 +41,15 @@ WAIT = 30.0
 MAILFRAME = [sys.executable, "-m", "mailframe.cli"]
 
 
-def write_config(root: pathlib.Path, dsn: str, **settings: object) -> pathlib.Path:
-    lines = [f"{key} = {value!r}".replace("'", '"') for key, value in settings.items()]
+def write_config(root: pathlib.Path, dsn: str, lease: str = "30s", **settings: str) -> pathlib.Path:
+    """A config file in *root* with the postgres store on *dsn*, and *settings* for it."""
+    store = {"dsn": dsn, "lease": lease, "connect_timeout": "2s", **settings}
     path = root / "mailframe.toml"
     path.write_text("\n".join([
         'store = "postgres"',
-        *[line for line in lines if not line.startswith(("lease", "connect_timeout"))],
         "",
         "[plugins.postgres]",
-        f'dsn = "{dsn}"',
-        'lease = "30s"',
-        'connect_timeout = "2s"',
+        *[f"{key} = {json.dumps(value)}" for key, value in store.items()],
         "",
     ]))
     return path
