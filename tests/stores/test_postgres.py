@@ -275,3 +275,84 @@ class PostgresStoreTests(TestCase):
         failure = yield self.assertFailure(store.recover(), StoreUnavailable)
         self.assertIn("cannot connect", str(failure))
         self.assertNotIn("secret", str(failure))
+
+
+class PostgresThreadTests(TestCase):
+    timeout = 120
+
+    def setUp(self) -> None:
+        self.dsn = postgres().new_database()
+
+    @inlineCallbacks
+    def test_no_database_call_on_the_reactor_thread(self) -> _Test:
+        import threading
+
+        import psycopg
+
+        threads: set[int] = set()
+        original = psycopg.Connection.execute
+
+        def execute(conn: Any, *args: Any, **kwargs: Any) -> Any:
+            threads.add(threading.get_ident())
+            return original(conn, *args, **kwargs)
+
+        self.patch(psycopg.Connection, "execute", execute)
+        store = make_store(self, self.dsn, chunk_size=1024)
+        yield store.recover()
+        writer = store.open_writer()
+        writer.write(b"x" * 5000)
+        queue_id = yield writer.commit(_envelope())
+        claimed = yield store.claim(reactor.seconds(), 10, 60)
+        self.assertEqual([e.queue_id for e in claimed], [queue_id])
+        yield store.renew(queue_id, 60)
+        f = yield store.open_message(queue_id)
+        f.close()
+        yield store.list()
+        yield store.stats()
+        yield store.reschedule(queue_id, reactor.seconds(), "later")
+        yield store.delete(queue_id)
+        self.assertTrue(threads)
+        self.assertNotIn(threading.get_ident(), threads)
+
+    @inlineCallbacks
+    def test_200_sessions_share_a_few_connections(self) -> _Test:
+        """
+        200 messages received at once, interleaved chunk by chunk, through
+        a pool of 3 connections: every one is committed, and the database
+        never saw more connections than the pool's size.
+        """
+        from twisted.internet import defer
+
+        store = make_store(self, self.dsn, chunk_size=1024, pool_size=3)
+        yield store.recover()
+        writers = [store.open_writer() for _ in range(200)]
+        for _ in range(3):
+            for number, writer in enumerate(writers):
+                writer.write(b"%04d" % number * 256)
+        import psycopg
+        from twisted.internet.task import LoopingCall
+
+        database = self.dsn.split("dbname=")[1]
+        seen: list[int] = []
+        with psycopg.connect(postgres().dsn(), autocommit=True) as watcher:
+
+            def sample() -> None:
+                row = watcher.execute("SELECT count(*) FROM pg_stat_activity"
+                                      " WHERE datname = %s", (database,)).fetchone()
+                assert row is not None
+                seen.append(int(row[0]))
+
+            sampler = LoopingCall(sample)
+            sampler.start(0.005)
+            try:
+                ids = yield defer.gatherResults([w.commit(_envelope()) for w in writers])
+            finally:
+                sampler.stop()
+        self.assertGreater(len(seen), 3)
+        self.assertLessEqual(max(seen), 3)
+        self.assertEqual(len(set(ids)), 200)
+        stats = yield store.stats()
+        self.assertEqual(stats.size, 200 * 3 * 1024)
+        self.assertEqual(_rows(self.dsn, "SELECT count(*) FROM mailframe_chunks"), [(600,)])
+        assert store._pool is not None
+        self.assertLessEqual(store._pool.get_stats()["pool_size"], 3)
