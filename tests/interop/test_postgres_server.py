@@ -209,3 +209,15 @@ def test_missing_schema_stops_the_start_until_upgraded(tmp_path: pathlib.Path) -
         wait_until(lambda: len(delivered(server)) == 1, WAIT, "delivered after the upgrade")
     finally:
         assert server.stop() in (0, -15), server.log()[-3000:]
+
+
+def test_benchmark_runs() -> None:
+    """benchmarks/postgres_store.py exits 0 and prints its table (no speed is checked)."""
+    dsn = postgres().new_database()
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "postgres_store.py"), "--dsn", dsn,
+         "--messages", "40", "--concurrency", "5", "--large-mb", "1"],
+        capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for phase in ("commit", "claim + record", "large"):
+        assert any(line.startswith(phase) for line in result.stdout.splitlines()), result.stdout
