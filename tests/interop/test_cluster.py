@@ -41,8 +41,9 @@ SESSIONS = 2
 #: The node that is killed, and after how many acknowledged messages.
 VICTIM = 1
 KILL_AFTER = MESSAGES // 3
-#: The lease of every node: short, so that the survivors take over soon.
-LEASE = "5s"
+#: The lease of every node: short, so that the survivors take over soon,
+#: yet long enough that a live node on a loaded machine renews in time.
+LEASE = "10s"
 #: Seconds the whole run may take, injection and delivery.
 DEADLINE = 240.0
 SENDER = b"injector@example.com"
