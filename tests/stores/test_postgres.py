@@ -241,6 +241,35 @@ class PostgresStoreTests(TestCase):
         yield _wait_for(lambda: bool(woken))
 
     @inlineCallbacks
+    def test_listening_resumes_after_the_database_restarts(self) -> _Test:
+        """
+        The notification thread reconnects once the database is back, and
+        the writing store's pool replaces its broken connections.
+        """
+        from twisted.internet.threads import deferToThread
+
+        sender = self.store(node="sender")
+        watcher = self.store(node="watcher")
+        yield sender.recover()
+        yield watcher.recover()
+        woken: list[None] = []
+        watcher.notify_on_change(lambda: woken.append(None))
+        yield _wait_for(watcher.listening)
+        yield _wait_for(lambda: bool(woken))  # the look after connecting
+        server = postgres()
+        yield deferToThread(server.stop)
+        try:
+            yield _wait_for(lambda: not watcher.listening())
+            del woken[:]
+        finally:
+            yield deferToThread(server.start)
+        yield _wait_for(watcher.listening, 30)
+        yield _wait_for(lambda: bool(woken))  # the look after reconnecting
+        del woken[:]
+        yield self.commit(sender)
+        yield _wait_for(lambda: bool(woken))
+
+    @inlineCallbacks
     def test_schema_missing_or_newer_is_refused(self) -> _Test:
         from mailframe.stores._pgschema import SchemaMismatch
 
