@@ -270,6 +270,26 @@ class PostgresStoreTests(TestCase):
         yield _wait_for(lambda: bool(woken))
 
     @inlineCallbacks
+    def test_a_clock_half_a_lease_away_is_refused(self) -> _Test:
+        from mailframe.stores.postgres import ClockSkew
+
+        class Skewed:
+            """The reactor, with a clock an hour ahead."""
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(reactor, name)
+
+            def seconds(self) -> float:
+                return reactor.seconds() + 3600
+
+        store = PostgresQueueStore(self.dsn, Skewed(), lease=600.0)
+        self.addCleanup(store.stop)
+        failure = yield self.assertFailure(store.recover(), ClockSkew)
+        self.assertIn("+3600", str(failure))
+        # Within half a lease, it starts.
+        yield self.store(lease=600.0).recover()
+
+    @inlineCallbacks
     def test_schema_missing_or_newer_is_refused(self) -> _Test:
         from mailframe.stores._pgschema import SchemaMismatch
 
