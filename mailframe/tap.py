@@ -8,7 +8,9 @@ With no options it runs the defaults: listen on 127.0.0.1:2525, queue in
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 from typing import Any, ClassVar
 
 from twisted.application.service import IService
@@ -133,9 +135,29 @@ def makeService(options: Options) -> IService:
         raise usage.UsageError(f"{error.key}{where}: {error.message}") from None
     except ValueError as error:
         raise usage.UsageError(str(error)) from None
-    service.ready.addErrback(lambda _: reactor.stop())
+    service.ready.addErrback(lambda _: _stop_failed(reactor))
     # SIGHUP reloads the certificates (twistd leaves the signal to us).
     signal.signal(signal.SIGHUP,
                   lambda number, frame: reactor.callFromThread(  # type: ignore[attr-defined]
                       service.reload))
     return service
+
+
+#: The exit status of ``twistd mailframe`` when the service could not start.
+START_FAILED = 1
+
+
+def _stop_failed(reactor: Any) -> None:
+    """
+    The service could not start (its queue store could not recover, or a
+    listener could not listen; the reason is logged): stop, and exit with
+    :data:`START_FAILED`, since twistd itself exits 0 after a stop.
+    """
+
+    def exit_failed() -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(START_FAILED)
+
+    reactor.addSystemEventTrigger("after", "shutdown", exit_failed)
+    reactor.stop()
