@@ -32,6 +32,7 @@ from twisted.python.failure import Failure
 from mailframe.address import NullPath, ReversePath
 from mailframe.envelope import ClientInfo, EntryState, QueuedRecipient, QueueEntry, QueueStats
 from mailframe.interfaces import IQueueStore
+from mailframe.stores._errors import StoreUnavailable
 from mailframe.stores.spool import SpoolQueueStore
 
 __all__ = [
@@ -155,7 +156,7 @@ def _store_options(parser: argparse.ArgumentParser, default: object) -> None:
         "--config",
         metavar="FILE",
         default=default,
-        help="a config file; the spool in its queue_dir",
+        help="a config file: the store it names (the spool in its queue_dir by default)",
     )
 
 
@@ -245,12 +246,14 @@ def check_arguments(arguments: argparse.Namespace) -> None:
 def open_store(arguments: argparse.Namespace, reactor: Any) -> IQueueStore:
     """
     The store that *arguments* name, opened as a second user beside a
-    server: the spool in ``--queue-dir``, or the one at ``queue_dir`` of the
-    ``--config`` file (a relative ``queue_dir`` is relative to the current
-    directory, as for the server). The store is not recovered.
+    server: the spool in ``--queue-dir``, or the store that the
+    ``--config`` file names, built by its plugin with the file's settings:
+    by default the spool at its ``queue_dir`` (a relative ``queue_dir`` is
+    relative to the current directory, as for the server). The store is not
+    recovered.
 
-    :raises QueueCommandError: when the config file is bad, or the spool
-        directory does not exist.
+    :raises QueueCommandError: when the config file is bad, the store
+        cannot be built, or the spool directory does not exist.
     """
     if arguments.config is not None:
         # Imported here: the config module brings in most of mailframe,
@@ -260,6 +263,8 @@ def open_store(arguments: argparse.Namespace, reactor: Any) -> IQueueStore:
 
         try:
             config = load_config(arguments.config)
+            if config.store != "spool":
+                return _configured_store(config, reactor)
         except ConfigError as error:
             # As check-config says it.
             raise QueueCommandError(f"{arguments.config}: {error}") from None
@@ -269,6 +274,19 @@ def open_store(arguments: argparse.Namespace, reactor: Any) -> IQueueStore:
     if not os.path.isdir(path):
         raise QueueCommandError(f"{path}: no such directory")
     return SpoolQueueStore(path, reactor)
+
+
+def _configured_store(config: Any, reactor: Any) -> IQueueStore:
+    """The store that *config* names, built by its plugin."""
+    from random import SystemRandom
+
+    from mailframe.config import ComponentContext
+    from mailframe.registry import Components, discover
+
+    components = Components(config, discover(), ComponentContext(
+        reactor=reactor, random=SystemRandom()))
+    store: IQueueStore = components.get("store", config.store)
+    return store
 
 
 # -- running ------------------------------------------------------------------
@@ -334,7 +352,7 @@ async def _run(
         return error.status
     except BrokenPipeError:
         return BROKEN_PIPE
-    except OSError as error:
+    except (OSError, StoreUnavailable) as error:
         console.tell(str(error))
         return 1
     except Exception:

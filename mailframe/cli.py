@@ -13,6 +13,10 @@ failed to import.
 the server runs: ``list``, ``show``, ``flush``, ``delete``, ``hold``,
 ``release``, ``requeue`` and ``stats``, each given the queue with
 ``--queue-dir DIR`` or ``--config FILE``.
+
+``mailframe db upgrade --config FILE`` brings the schema of the database
+that the config's ``postgres`` store uses up to date; ``mailframe db status
+--config FILE`` says whether it is.
 """
 
 from __future__ import annotations
@@ -111,6 +115,50 @@ def _plugins(arguments: argparse.Namespace) -> int:
     return 1 if registry.problems else 0
 
 
+def _db(arguments: argparse.Namespace) -> int:
+    from mailframe.config import ComponentContext, load_config
+    from mailframe.errors import ConfigError
+    from mailframe.registry import Components, discover
+
+    name = arguments.config
+    try:
+        config = load_config(name)
+        registry = discover()
+        Components(config, registry, ComponentContext(reactor=None, random=None)).check()
+    except ConfigError as error:
+        print(f"{name}: {error}", file=sys.stderr)
+        return 1
+    if config.store != "postgres":
+        print(f"{name}: store: the {config.store} store has no database schema;"
+              " mailframe db works on the postgres store", file=sys.stderr)
+        return 1
+    settings = registry.maker("store", "postgres").check(config.plugin_settings("postgres"))
+    from mailframe.stores import StoreUnavailable
+    from mailframe.stores._pgschema import SCHEMA_VERSION, mismatch_message
+    from mailframe.stores.postgres import MissingDriver, describe_dsn, schema_version, upgrade
+
+    dsn = settings["dsn"]
+    where = describe_dsn(dsn)
+    try:
+        if arguments.action == "upgrade":
+            before, after = upgrade(dsn, settings["connect_timeout"])
+            if before == after:
+                print(f"{where}: schema version {after}, up to date")
+            else:
+                print(f"{where}: schema upgraded from version {before} to {after}")
+            return 0
+        version = schema_version(dsn, settings["connect_timeout"])
+    except (StoreUnavailable, MissingDriver) as error:
+        print(f"mailframe db: {error}", file=sys.stderr)
+        return 1
+    problem = mismatch_message(version)
+    if problem is None:
+        print(f"{where}: schema version {version}, up to date")
+        return 0
+    print(f"{where}: schema version {version}, needs {SCHEMA_VERSION}: {problem}")
+    return 2
+
+
 def _parser() -> argparse.ArgumentParser:
     """The parser of the whole command line."""
     parser = argparse.ArgumentParser(prog="mailframe", description=__doc__.split("\n\n")[0])
@@ -129,6 +177,19 @@ def _parser() -> argparse.ArgumentParser:
                               " (detail)")
     plugins.set_defaults(run=_plugins)
     add_queue_command(commands)
+    db = commands.add_parser(
+        "db", help="manage the database of the postgres store",
+        description="Manage the schema of the database that the postgres store of a config"
+                    " file uses.",
+        epilog="exit status: 0 when the schema is up to date (after an upgrade), 1 for an"
+               " error, 2 when status finds that it needs an upgrade.",
+    )
+    db.add_argument("action", choices=["upgrade", "status"],
+                    help="upgrade: apply the schema migrations the database lacks (safe to"
+                         " repeat); status: show the schema version")
+    db.add_argument("--config", metavar="FILE", required=True,
+                    help="the config file whose [plugins.postgres] dsn names the database")
+    db.set_defaults(run=_db)
     return parser
 
 

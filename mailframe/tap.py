@@ -8,6 +8,7 @@ With no options it runs the defaults: listen on 127.0.0.1:2525, queue in
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import sys
@@ -230,7 +231,7 @@ def makeService(options: Options) -> IService:
                 config.workers, worker_command(options.argv, shared), store=service.store,
                 grace=config.shutdown_grace, share_output=shared,
             )
-            supervisor.ready.addErrback(lambda _: reactor.stop())
+            supervisor.ready.addErrback(lambda _: _stop_failed(reactor))
             signal.signal(signal.SIGHUP,
                           lambda number, frame: reactor.callFromThread(  # type: ignore[attr-defined]
                               supervisor.signal_workers, "HUP"))
@@ -251,9 +252,29 @@ def makeService(options: Options) -> IService:
                 pass  # stopping already
 
         ParentWatch(reactor, orphaned)
-    service.ready.addErrback(lambda _: reactor.stop())
+    service.ready.addErrback(lambda _: _stop_failed(reactor))
     # SIGHUP reloads the certificates (twistd leaves the signal to us).
     signal.signal(signal.SIGHUP,
                   lambda number, frame: reactor.callFromThread(  # type: ignore[attr-defined]
                       service.reload))
     return service
+
+
+#: The exit status of ``twistd mailframe`` when the service could not start.
+START_FAILED = 1
+
+
+def _stop_failed(reactor: Any) -> None:
+    """
+    The service could not start (its queue store could not recover, or a
+    listener could not listen; the reason is logged): stop, and exit with
+    :data:`START_FAILED`, since twistd itself exits 0 after a stop.
+    """
+
+    def exit_failed() -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(START_FAILED)
+
+    reactor.addSystemEventTrigger("after", "shutdown", exit_failed)
+    reactor.stop()

@@ -15,6 +15,7 @@ from mailframe.routing.routers import mx_maker, smarthost_maker
 from mailframe.routing.table import table_maker
 from mailframe.stores.discard import discard_maker
 from mailframe.stores.memory import memory_maker
+from mailframe.stores.postgres import postgres_maker
 from mailframe.stores.spool import spool_maker
 from mailframe.transports.lmtp import lmtp_maker
 from mailframe.transports.maildir import maildir_maker
@@ -34,6 +35,7 @@ __all__ = [
     "memory_maker",
     "mx_maker",
     "pipe_maker",
+    "postgres_maker",
     "relay_control_maker",
     "smarthost_maker",
     "smtp_maker",

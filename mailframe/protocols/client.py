@@ -88,7 +88,7 @@ from __future__ import annotations
 
 import binascii
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any, Literal
 
 import attrs
@@ -236,6 +236,11 @@ class Transaction:
     :ivar dsn: the :class:`~mailframe.envelope.DSNOptions` of each
         recipient (``NOTIFY=`` and ``ORCPT=``, RFC 3461 §4.1, §4.2), in the
         order of :attr:`recipients`; empty when none has any.
+    :ivar checkpoint: called before the message data and again before its
+        end (the final dot, or ``BDAT … LAST``), returning a Deferred; when
+        it fails the session is dropped without ending the message, and
+        every recipient not yet answered gets a transient result. The queue
+        runner's transports renew the entry's lease with it.
     """
 
     sender: ReversePath
@@ -250,6 +255,7 @@ class Transaction:
     ret: str | None = None
     envid: str | None = None
     dsn: tuple[DSNOptions, ...] = attrs.field(default=(), converter=_dsn)
+    checkpoint: Callable[[], Deferred[None]] | None = attrs.field(default=None, eq=False)
 
     def __attrs_post_init__(self) -> None:
         if not self.recipients:
@@ -405,6 +411,12 @@ class _MessageReader:
                 data += self._message.read(size - len(data))
             return data
         return self._message.read(self._chunk_size)
+
+
+#: The result of recipients whose message was stopped before its end because
+#: the transaction's checkpoint (the queue entry's lease) failed.
+_CHECKPOINT_FAILED = Reply(451, "4.3.0", "Delivery stopped before the end of the message:"
+                                         " the queue entry's lease was lost")
 
 
 class _Broken(Exception):
@@ -1066,6 +1078,7 @@ class SMTPClientProtocol(Protocol):
                     outcome[i] = reply
             if bdat:
                 if accepted:
+                    await self._checkpoint(t)
                     final = await self._send_bdat(t)
                     for i in accepted:
                         outcome[i] = final
@@ -1080,8 +1093,10 @@ class SMTPClientProtocol(Protocol):
                     self._write(conn.end_data())
                     await self._reply()
                 elif reply.code == 354 and self.settings.lmtp:
+                    await self._checkpoint(t)
                     await self._send_data_lmtp(t, accepted, outcome)
                 elif reply.code == 354:
+                    await self._checkpoint(t)
                     final = await self._send_data(t)
                     for i in accepted:
                         outcome[i] = final
@@ -1152,6 +1167,19 @@ class SMTPClientProtocol(Protocol):
                                  " the message; it may have been delivered"), broken.reason)
         return broken
 
+    async def _checkpoint(self, t: Transaction) -> None:
+        """
+        Run the transaction's checkpoint; when it fails, drop the session
+        before the message ends, so that the message is not delivered.
+        """
+        if t.checkpoint is None:
+            return
+        try:
+            await t.checkpoint()
+        except Exception as error:
+            self._break(_CHECKPOINT_FAILED, f"stopped before the end of the message: {error!r}")
+            raise self._copy_broken() from None
+
     async def _send_data(self, t: Transaction) -> Reply:
         """Stream the message after 354, end it, and read the reply."""
         await self._stream_data(t)
@@ -1185,6 +1213,7 @@ class SMTPClientProtocol(Protocol):
                     break
                 await self._writable()
                 self._write(self.conn.send_data(chunk))
+            await self._checkpoint(t)
             await self._writable()
             self._write(self.conn.end_data())
         finally:
@@ -1207,6 +1236,8 @@ class SMTPClientProtocol(Protocol):
             while True:
                 following = reader.read() if chunk else b""
                 last = not following
+                if last:
+                    await self._checkpoint(t)
                 await self._writable()
                 self._write(self.conn.send_chunk(chunk, last=last))
                 if last:

@@ -19,6 +19,7 @@ from mailframe.protocols._tls import ServerTLS
 from mailframe.protocols.server import SMTPServerFactory
 from mailframe.services.listener import ListeningService
 from mailframe.services.queuerunner import QueueRunner
+from mailframe.stores import StoreUnavailable
 
 __all__ = ["MailService", "Stoppable"]
 
@@ -95,7 +96,12 @@ class MailService(MultiService):
             return gatherResults([s.listening for s in self.listeners])
 
         def failed(failure: Failure) -> None:
-            self.log.failure("Could not start; not serving", failure)
+            if failure.check(StoreUnavailable):
+                # Not a bug: the message says what is wrong and what to do.
+                self.log.critical("Could not start; not serving: {error}",
+                                  error=failure.getErrorMessage())
+            else:
+                self.log.failure("Could not start; not serving", failure)
             self.ready.errback(failure)
 
         d.addCallback(recovered).addCallbacks(lambda _: self.ready.callback(None), failed)

@@ -64,7 +64,7 @@ from mailframe.services.schedule import (
     DEFAULT_SCHEDULE,
     RetrySchedule,
 )
-from mailframe.stores import NoSuchEntry
+from mailframe.stores import LeaseLost, NoSuchEntry, StoreUnavailable
 
 __all__ = [
     "DEFAULT_BOUNCE_SIZE_LIMIT",
@@ -326,7 +326,11 @@ class QueueRunner(Service):
         self._pass.addErrback(self._pass_failed).addCallback(self._after_pass)
 
     def _pass_failed(self, failure: Failure) -> bool:
-        self.log.failure("Queue pass failed", failure)
+        if failure.check(StoreUnavailable):
+            # Its database is down, say: one line each time, then try again.
+            self.log.warn("Queue pass failed: {error}", error=failure.getErrorMessage())
+        else:
+            self.log.failure("Queue pass failed", failure)
         return False
 
     def _after_pass(self, full: bool) -> None:
@@ -364,6 +368,15 @@ class QueueRunner(Service):
         except NoSuchEntry:
             self.log.info("{queue_id} was deleted during its delivery attempt",
                           queue_id=entry.queue_id)
+        except LeaseLost:
+            # Another runner sharing the store took the entry over once the
+            # lease ran out; it delivers the entry (again, perhaps).
+            self.log.warn("{queue_id}: the lease ran out during the delivery attempt;"
+                          " its outcome is left to the runner that took the entry over",
+                          queue_id=entry.queue_id)
+        except StoreUnavailable as error:
+            self.log.warn("{queue_id}: could not record the delivery attempt: {error}",
+                          queue_id=entry.queue_id, error=str(error))
 
     async def _attempt_entry(self, entry: QueueEntry) -> None:
         if entry.done:

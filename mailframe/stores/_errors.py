@@ -6,7 +6,13 @@ from __future__ import annotations
 
 from mailframe.envelope import QueueEntry
 
-__all__ = ["EntryStateError", "LeaseLost", "NoSuchEntry", "check_recipients"]
+__all__ = [
+    "EntryStateError",
+    "LeaseLost",
+    "NoSuchEntry",
+    "StoreUnavailable",
+    "check_recipients",
+]
 
 
 class NoSuchEntry(KeyError):
@@ -22,6 +28,13 @@ class LeaseLost(Exception):
 
 class EntryStateError(ValueError):
     """The entry's state does not allow this, such as releasing an entry not on hold."""
+
+
+class StoreUnavailable(Exception):
+    """
+    The store cannot be used now: its database cannot be reached, or is not
+    what this mailframe needs. The message says which, and what to do.
+    """
 
 
 def check_recipients(stored: QueueEntry, given: QueueEntry) -> None:

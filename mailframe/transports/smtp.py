@@ -623,6 +623,7 @@ class SMTPTransport:
                     utf8_headers=message.utf8_headers, auth=envelope.auth,
                     ret=envelope.ret, envid=envelope.envid,
                     dsn=dsn if any(o != DSNOptions() for o in dsn) else (),
+                    checkpoint=message.renew,
                 )
                 retried = False
                 while True:

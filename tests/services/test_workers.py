@@ -604,3 +604,19 @@ def test_a_worker_wraps_an_adopted_haproxy_listener(tmp_path: Any) -> None:
     finally:
         board.close()
         os.close(board_fd)
+
+
+@pytest.mark.parametrize(("node", "expected"), [("", socket.gethostname() + "/worker-2"),
+                                                ("mx1", "mx1/worker-2")])
+def test_each_postgres_worker_has_a_node_id_of_its_own(node: str, expected: str) -> None:
+    import random
+
+    from mailframe.config import ComponentContext
+    from mailframe.stores.postgres import postgres_maker
+
+    context = ComponentContext(reactor=ProcessReactor(), random=random.Random(), worker="2")
+    store = postgres_maker.build({"dsn": "host=127.0.0.1 dbname=mail", "node": node}, context)
+    assert store.node == expected
+    alone = postgres_maker.build({"dsn": "host=127.0.0.1 dbname=mail", "node": node},
+                                 ComponentContext(reactor=ProcessReactor(), random=random.Random()))
+    assert alone.node != expected

@@ -1,0 +1,407 @@
+"""
+The PostgreSQL store against a real PostgreSQL server (tests/pg_support.py):
+the contract, and what only this store does: chunks, orphans, leases shared
+between nodes, notifications, the schema.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.trial.unittest import TestCase
+
+from mailframe.stores.postgres import PostgresQueueStore
+from mailframe.testing._store_contract import QueueStoreContract
+from tests.pg_support import postgres
+
+_Test = Generator[Deferred[Any], Any, None]
+
+
+def make_store(testcase: TestCase, dsn: str, **options: Any) -> PostgresQueueStore:
+    """A store on *dsn*, stopped when the test ends."""
+    store = PostgresQueueStore(dsn, reactor, connect_timeout=3.0, **options)
+    testcase.addCleanup(store.stop)
+    return store
+
+
+class PostgresContractTests(QueueStoreContract, TestCase):
+    def make_store(self) -> Deferred[PostgresQueueStore]:
+        store = make_store(self, postgres().new_database(), pool_size=3)
+        return store.recover().addCallback(lambda _: store)
+
+
+def _envelope() -> Any:
+    from mailframe.testing._fakes import envelope
+
+    return envelope("sender@example.org", "alice@example.com")
+
+
+def _rows(dsn: str, sql: str) -> list[tuple[Any, ...]]:
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return conn.execute(sql).fetchall()  # type: ignore[arg-type]
+
+
+def _wait_for(predicate: Any, timeout: float = 10.0) -> Deferred[None]:
+    """Fires once *predicate()* holds, checking every 20 ms; fails after *timeout*."""
+    from twisted.internet.task import deferLater
+
+    @inlineCallbacks
+    def wait() -> _Test:
+        deadline = reactor.seconds() + timeout
+        while not predicate():
+            if reactor.seconds() > deadline:
+                raise AssertionError(f"not within {timeout} s")
+            yield deferLater(reactor, 0.02, lambda: None)
+
+    return wait()
+
+
+class _Producer:
+    def __init__(self) -> None:
+        self.paused = False
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class PostgresStoreTests(TestCase):
+    timeout = 120
+
+    def setUp(self) -> None:
+        self.dsn = postgres().new_database()
+
+    def store(self, **options: Any) -> PostgresQueueStore:
+        return make_store(self, self.dsn, **options)
+
+    @inlineCallbacks
+    def commit(self, store: PostgresQueueStore, data: bytes = b"Subject: x\r\n\r\nhi\r\n") -> _Test:
+        writer = store.open_writer()
+        writer.write(data)
+        queue_id = yield writer.commit(_envelope())
+        return queue_id  # type: ignore[misc]
+
+    @inlineCallbacks
+    def test_large_message_in_chunks_in_bounded_memory(self) -> _Test:
+        """
+        50 MB streamed through a writer whose producer honours pauses: every
+        chunk row is at most the chunk size, the message reads back intact,
+        and Python never held much more than the high-water mark at once.
+        """
+        import hashlib
+        import tracemalloc
+
+        chunk_size = 256 * 1024
+        store = self.store(chunk_size=chunk_size)
+        yield store.recover()
+        total = 50 * 1024 * 1024
+        piece = 64 * 1024
+        digest = hashlib.sha256()
+        writer = store.open_writer()
+        producer = _Producer()
+        writer.registerProducer(producer, True)
+        pauses = 0
+        tracemalloc.start()
+        try:
+            sent = 0
+            while sent < total:
+                if producer.paused:
+                    pauses += 1
+                    yield _wait_for(lambda: not producer.paused, 60)
+                data = (b"%08d" % (sent // piece)) * (piece // 8)
+                digest.update(data)
+                writer.write(data)
+                sent += len(data)
+            queue_id = yield writer.commit(_envelope())
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        writer.unregisterProducer()
+        self.assertGreater(pauses, 0)
+        self.assertLess(peak, 16 * 1024 * 1024, f"peak {peak} octets")
+        rows = _rows(self.dsn, f"SELECT count(*), max(length(data)), sum(length(data))"
+                               f" FROM mailframe_chunks WHERE queue_id = '{queue_id}'")
+        count, longest, octets = rows[0]
+        self.assertEqual(count, total // chunk_size)
+        self.assertEqual(longest, chunk_size)
+        self.assertEqual(octets, total)
+        f = yield store.open_message(queue_id)
+        try:
+            check = hashlib.sha256()
+            while block := f.read(1024 * 1024):
+                check.update(block)
+        finally:
+            f.close()
+        self.assertEqual(check.hexdigest(), digest.hexdigest())
+        self.assertEqual(_rows(self.dsn, "SELECT count(*) FROM mailframe_uploads"), [(0,)])
+
+    @inlineCallbacks
+    def test_orphaned_chunks_are_swept(self) -> _Test:
+        """A node that stopped mid-DATA leaves chunks; recovery elsewhere removes them."""
+        crashed = self.store(chunk_size=1024, node="crashed")
+        yield crashed.recover()
+        writer = crashed.open_writer()
+        writer.write(b"x" * 5000)
+        yield crashed.wait_idle()
+        self.assertEqual(_rows(self.dsn, "SELECT count(*) FROM mailframe_chunks"), [(4,)])
+        # The node is gone: its writer is neither committed nor aborted.
+        survivor = self.store(node="survivor", orphan_age=0.0)
+        yield survivor.recover()
+        self.assertEqual(_rows(self.dsn, "SELECT count(*) FROM mailframe_chunks"), [(0,)])
+        self.assertEqual(_rows(self.dsn, "SELECT count(*) FROM mailframe_uploads"), [(0,)])
+        # Were it still alive, its message could not be sealed any more.
+        writer.write(b"y" * 2000)
+        try:
+            yield writer.commit(_envelope())
+        except Exception as error:
+            self.assertIn("orphans", str(error))
+        else:
+            self.fail("a message whose chunks were swept was committed")
+        self.assertEqual((yield survivor.list()), [])
+
+    @inlineCallbacks
+    def test_abort_removes_chunks(self) -> _Test:
+        store = self.store(chunk_size=1024)
+        yield store.recover()
+        writer = store.open_writer()
+        writer.write(b"z" * 4096)
+        yield store.wait_idle()
+        writer.abort()
+        yield store.wait_idle()
+        self.assertEqual(_rows(self.dsn, "SELECT count(*) FROM mailframe_chunks"), [(0,)])
+        self.assertEqual(_rows(self.dsn, "SELECT count(*) FROM mailframe_uploads"), [(0,)])
+
+    @inlineCallbacks
+    def test_expired_lease_is_taken_over_by_another_node(self) -> _Test:
+        first = self.store(node="first", lease=60.0)
+        second = self.store(node="second", lease=60.0)
+        yield first.recover()
+        yield second.recover()
+        queue_id = yield self.commit(first)
+        now = reactor.seconds()
+        taken = yield first.claim(now, 10, 60)
+        self.assertEqual([e.queue_id for e in taken], [queue_id])
+        self.assertEqual((yield second.claim(now + 30, 10, 60)), [])
+        owner = _rows(self.dsn, "SELECT lease_owner FROM mailframe_entries")
+        self.assertEqual(owner, [("first",)])
+        # The first node's lease runs out: the second takes the entry over.
+        again = yield second.claim(now + 61, 10, 60)
+        self.assertEqual([e.queue_id for e in again], [queue_id])
+        self.assertEqual(_rows(self.dsn, "SELECT lease_owner FROM mailframe_entries"),
+                         [("second",)])
+        # The first node finds out at its next step, and changes nothing.
+        from mailframe.stores import LeaseLost
+
+        yield self.assertFailure(first.renew(queue_id, 60), LeaseLost)
+        yield self.assertFailure(first.record(taken[0]), LeaseLost)
+        yield first.reschedule(queue_id, now + 999, "first gave up")
+        entry = yield second.get(queue_id)
+        self.assertEqual(entry.state.value, "active")
+        yield second.renew(queue_id, 60)
+
+    @inlineCallbacks
+    def test_recover_leaves_other_nodes_leases(self) -> _Test:
+        first = self.store(node="first", lease=600.0)
+        yield first.recover()
+        queue_id = yield self.commit(first)
+        yield first.claim(reactor.seconds(), 10, 600)
+        other = self.store(node="other", lease=600.0)
+        yield other.recover()
+        self.assertEqual((yield other.get(queue_id)).state.value, "active")
+        self.assertEqual((yield other.claim(reactor.seconds(), 10, 600)), [])
+        # The first node restarts under the same id: its leases come back.
+        restarted = self.store(node="first", lease=600.0)
+        yield restarted.recover()
+        entry = yield restarted.get(queue_id)
+        self.assertEqual(entry.state.value, "deferred")
+        self.assertEqual(len((yield other.claim(reactor.seconds(), 10, 600))), 1)
+
+    @inlineCallbacks
+    def test_notify_wakes_another_node(self) -> _Test:
+        sender = self.store(node="sender")
+        watcher = self.store(node="watcher")
+        yield sender.recover()
+        yield watcher.recover()
+        woken: list[None] = []
+        watcher.notify_on_change(lambda: woken.append(None))
+        yield _wait_for(watcher.listening)
+        yield _wait_for(lambda: bool(woken))  # the look after connecting
+        del woken[:]
+        yield self.commit(sender)
+        yield _wait_for(lambda: bool(woken))
+
+    @inlineCallbacks
+    def test_listening_resumes_after_the_database_restarts(self) -> _Test:
+        """
+        The notification thread reconnects once the database is back, and
+        the writing store's pool replaces its broken connections.
+        """
+        from twisted.internet.threads import deferToThread
+
+        sender = self.store(node="sender")
+        watcher = self.store(node="watcher")
+        yield sender.recover()
+        yield watcher.recover()
+        woken: list[None] = []
+        watcher.notify_on_change(lambda: woken.append(None))
+        yield _wait_for(watcher.listening)
+        yield _wait_for(lambda: bool(woken))  # the look after connecting
+        server = postgres()
+        yield deferToThread(server.stop)
+        try:
+            yield _wait_for(lambda: not watcher.listening())
+            del woken[:]
+        finally:
+            yield deferToThread(server.start)
+        yield _wait_for(watcher.listening, 30)
+        yield _wait_for(lambda: bool(woken))  # the look after reconnecting
+        del woken[:]
+        yield self.commit(sender)
+        yield _wait_for(lambda: bool(woken))
+
+    @inlineCallbacks
+    def test_a_clock_half_a_lease_away_is_refused(self) -> _Test:
+        from mailframe.stores.postgres import ClockSkew
+
+        class Skewed:
+            """The reactor, with a clock an hour ahead."""
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(reactor, name)
+
+            def seconds(self) -> float:
+                return reactor.seconds() + 3600
+
+        store = PostgresQueueStore(self.dsn, Skewed(), lease=600.0)
+        self.addCleanup(store.stop)
+        failure = yield self.assertFailure(store.recover(), ClockSkew)
+        self.assertIn("+3600", str(failure))
+        # Within half a lease, it starts.
+        yield self.store(lease=600.0).recover()
+
+    @inlineCallbacks
+    def test_schema_missing_or_newer_is_refused(self) -> _Test:
+        from mailframe.stores._pgschema import SchemaMismatch
+
+        empty = make_store(self, postgres().new_database(migrated=False))
+        failure = yield self.assertFailure(empty.recover(), SchemaMismatch)
+        self.assertIn("mailframe db upgrade", str(failure))
+        _rows(self.dsn, "UPDATE mailframe_schema SET version = 99 RETURNING 1")
+        newer = self.store()
+        failure = yield self.assertFailure(newer.recover(), SchemaMismatch)
+        self.assertIn("version 99", str(failure))
+
+    def test_upgrade_is_idempotent(self) -> None:
+        import psycopg
+
+        from mailframe.stores._pgschema import SCHEMA_VERSION, upgrade_blocking
+
+        dsn = postgres().new_database(migrated=False)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            self.assertEqual(upgrade_blocking(conn), (0, SCHEMA_VERSION))
+            self.assertEqual(upgrade_blocking(conn), (SCHEMA_VERSION, SCHEMA_VERSION))
+        tables = _rows(dsn, "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'mailframe_%'")
+        self.assertEqual(tables, [(4,)])
+
+    @inlineCallbacks
+    def test_unreachable_database_fails_recovery_clearly(self) -> _Test:
+        from mailframe.stores.postgres import StoreUnavailable
+        from tests.pg_support import _free_port
+
+        store = make_store(self, f"host=127.0.0.1 port={_free_port()} dbname=x user=y"
+                                 " password=secret")
+        store.connect_timeout = 1.0
+        failure = yield self.assertFailure(store.recover(), StoreUnavailable)
+        self.assertIn("cannot connect", str(failure))
+        self.assertNotIn("secret", str(failure))
+
+
+class PostgresThreadTests(TestCase):
+    timeout = 120
+
+    def setUp(self) -> None:
+        self.dsn = postgres().new_database()
+
+    @inlineCallbacks
+    def test_no_database_call_on_the_reactor_thread(self) -> _Test:
+        import threading
+
+        import psycopg
+
+        threads: set[int] = set()
+        original = psycopg.Connection.execute
+
+        def execute(conn: Any, *args: Any, **kwargs: Any) -> Any:
+            threads.add(threading.get_ident())
+            return original(conn, *args, **kwargs)
+
+        self.patch(psycopg.Connection, "execute", execute)
+        store = make_store(self, self.dsn, chunk_size=1024)
+        yield store.recover()
+        writer = store.open_writer()
+        writer.write(b"x" * 5000)
+        queue_id = yield writer.commit(_envelope())
+        claimed = yield store.claim(reactor.seconds(), 10, 60)
+        self.assertEqual([e.queue_id for e in claimed], [queue_id])
+        yield store.renew(queue_id, 60)
+        f = yield store.open_message(queue_id)
+        f.close()
+        yield store.list()
+        yield store.stats()
+        yield store.reschedule(queue_id, reactor.seconds(), "later")
+        yield store.delete(queue_id)
+        self.assertTrue(threads)
+        self.assertNotIn(threading.get_ident(), threads)
+
+    @inlineCallbacks
+    def test_200_sessions_share_a_few_connections(self) -> _Test:
+        """
+        200 messages received at once, interleaved chunk by chunk, through
+        a pool of 3 connections: every one is committed, and the database
+        never saw more connections than the pool's size.
+        """
+        from twisted.internet import defer
+
+        store = make_store(self, self.dsn, chunk_size=1024, pool_size=3)
+        yield store.recover()
+        writers = [store.open_writer() for _ in range(200)]
+        for _ in range(3):
+            for number, writer in enumerate(writers):
+                writer.write(b"%04d" % number * 256)
+        import psycopg
+        from twisted.internet.task import LoopingCall
+
+        database = self.dsn.split("dbname=")[1]
+        seen: list[int] = []
+        with psycopg.connect(postgres().dsn(), autocommit=True) as watcher:
+
+            def sample() -> None:
+                row = watcher.execute("SELECT count(*) FROM pg_stat_activity"
+                                      " WHERE datname = %s", (database,)).fetchone()
+                assert row is not None
+                seen.append(int(row[0]))
+
+            sampler = LoopingCall(sample)
+            sampler.start(0.005)
+            try:
+                ids = yield defer.gatherResults([w.commit(_envelope()) for w in writers])
+            finally:
+                sampler.stop()
+        self.assertGreater(len(seen), 3)
+        self.assertLessEqual(max(seen), 3)
+        self.assertEqual(len(set(ids)), 200)
+        stats = yield store.stats()
+        self.assertEqual(stats.size, 200 * 3 * 1024)
+        self.assertEqual(_rows(self.dsn, "SELECT count(*) FROM mailframe_chunks"), [(600,)])
+        assert store._pool is not None
+        self.assertLessEqual(store._pool.get_stats()["pool_size"], 3)
