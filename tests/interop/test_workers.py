@@ -19,6 +19,8 @@ from __future__ import annotations
 import os
 import pathlib
 import signal
+import smtplib
+import subprocess
 import threading
 import time
 import uuid
@@ -27,7 +29,14 @@ from collections.abc import Iterator
 import attrs
 import pytest
 
-from tests.interop.conftest import RawSMTP, Server, start_server, wait_until
+from tests.interop.conftest import (
+    RawSMTP,
+    Server,
+    free_port,
+    start_server,
+    wait_for_greeting,
+    wait_until,
+)
 from tests.interop.sink import Sink
 
 pytestmark = pytest.mark.interop
@@ -261,3 +270,52 @@ def test_kill_a_worker_under_load(supervisor: Supervisor, sink: Sink) -> None:
           f" {len(acked)} acknowledged in {took:.1f} s"
           f" ({acked_at_kill} before the kill), {len(injection.unacked)} cut off,"
           f" {injection.reconnects} reconnects, {twice} delivered more than once")
+
+
+def test_workers_behind_haproxy(tmp_path: pathlib.Path) -> None:
+    """
+    A ``haproxy:tcp:`` listener shared by two workers, behind a real
+    HAProxy that sends PROXY v2 headers: each worker reads the header of
+    the connections it accepts, so ``Received:`` and relay control see the
+    client's address, never the proxy's.
+    """
+    from tests.interop.test_haproxy import CONFIG, RELAY_CLIENT, haproxy_program
+
+    program = haproxy_program()
+    backend = free_port()
+    server = start_server(tmp_path, [
+        "--workers", "2", "--listen", f"haproxy:tcp:{backend}:interface=127.0.0.1",
+        "--relay-network", f"{RELAY_CLIENT}/32"])
+    ports = {"v2": free_port(), "v1": free_port()}
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(CONFIG.format(backend=backend, **ports))
+    with open(tmp_path / "haproxy.log", "wb") as log:
+        haproxy = subprocess.Popen([program, "-f", str(config), "-db"], stdout=log,
+                                   stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: all(f"worker {slot}: [mailframe.services.mta.MailService#info] Queue"
+                               f" recovered" in server.log() for slot in (1, 2)), WAIT,
+                   f"both workers serving; log:\n{server.log()[-3000:]}")
+        for port in ports.values():
+            wait_for_greeting(port, timeout=30)
+        clients = [smtplib.SMTP("127.0.0.1", ports["v2"], timeout=30,
+                                source_address=(RELAY_CLIENT, 0)) for _ in range(4)]
+        for number, client in enumerate(clients):
+            client.ehlo("client.example")
+            client.sendmail("sender@example.org", ["alice@example.com"],
+                            f"Subject: via worker {number}\r\n\r\nbody\r\n".encode())
+        for client in clients:
+            client.quit()
+        messages = server.wait_delivered("alice", 4)
+        for message in messages:
+            assert f"\nReceived: from client.example (unknown [{RELAY_CLIENT}])\n".encode() \
+                in message, message[:500]
+        assert f"client={RELAY_CLIENT}" in server.log()
+    finally:
+        haproxy.terminate()
+        try:
+            haproxy.wait(10)
+        except subprocess.TimeoutExpired:
+            haproxy.kill()
+            haproxy.wait()
+        assert server.stop(30) == -signal.SIGTERM, server.log()[-3000:]
