@@ -207,7 +207,9 @@ def stop(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
 def server_argv(scenario: Scenario, port: int, work: pathlib.Path,
                 sink_port: int | None) -> list[str]:
     argv = [
-        str(TWISTD), "-n", "--pidfile=", "--logfile", str(work / "server.log"), "mailframe",
+        # The log goes to stdout, which is a file: twistd's own log file
+        # would rotate at 1 MB, in the middle of a run.
+        str(TWISTD), "-n", "--pidfile=", "mailframe",
         "--listen", f"tcp:{port}:interface=127.0.0.1:backlog=1024",
         "--hostname", "mta.bench.example", "--queue-dir", str(work / "queue"),
     ]
@@ -278,7 +280,7 @@ def one_run(scenario: Scenario, tools: dict[str, str], timeout: float) -> dict[s
         port = free_port()
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
-        with open(work / "server.out", "wb") as out:
+        with open(work / "server.log", "wb") as out:
             server = subprocess.Popen(server_argv(scenario, port, work, sink_port), cwd=work,
                                       env=env, stdout=out, stderr=subprocess.STDOUT,
                                       stdin=subprocess.DEVNULL, start_new_session=True)
@@ -446,6 +448,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    # Stopped, it still stops the server and the sink of the run under way.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.quick:
         args.scale, args.rounds, args.client_messages = 0.1, 1, 500
     by_name = {s.name: s for s in SCENARIOS}
