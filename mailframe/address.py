@@ -20,6 +20,7 @@ Addresses also travel as ESMTP parameter values, in the xtext of RFC 3461
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 
@@ -78,8 +79,14 @@ _HEXCHAR = re.compile(rb"\+([0-9A-Fa-f]{2})")
 _QCHAR = re.compile(r"[\x21-\x2a\x2c-\x3c\x3e-\x5b\x5d-\x7e]")
 
 
+@functools.lru_cache(maxsize=1024)
 def is_domain(text: str, utf8: bool = False) -> bool:
-    """``True`` if *text* is a Domain of RFC 5321 §4.1.2."""
+    """
+    ``True`` if *text* is a Domain of RFC 5321 §4.1.2.
+
+    The answers for the last 1024 domains asked about are kept: a server
+    checks the same few domains in path after path.
+    """
     if not text or text.endswith("."):
         return False
     pattern = _SUB_DOMAIN[utf8]

@@ -199,6 +199,16 @@ def test_null_path() -> None:
 )
 def test_is_domain(text: str, utf8: bool, result: bool) -> None:
     assert is_domain(text, utf8) is result
+    # Asked again, the kept answer; the other form of the same call too.
+    assert is_domain(text, utf8) is result
+    assert is_domain(text, utf8=utf8) is result
+
+
+def test_is_domain_keeps_a_bounded_number_of_answers() -> None:
+    for number in range(3000):
+        assert is_domain(f"d{number}.example")
+    assert not is_domain("a..b")
+    assert is_domain.cache_info().currsize <= 1024
 
 
 # -- xtext (RFC 3461 §4) ---------------------------------------------------------

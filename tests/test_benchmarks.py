@@ -2,8 +2,9 @@
 The benchmarks run: a tiny run of the client benchmark
 (benchmarks/client_throughput.py) against a real smtp-sink exits 0 and
 prints a table with both clients, and a run of the queue benchmark
-(benchmarks/queue_scale.py) on 500 entries exits 0 and prints every row.
-They say nothing about speed.
+(benchmarks/queue_scale.py) on 500 entries exits 0 and prints every row,
+and a tiny run of the server benchmark (benchmarks/mta_bench.py) prints a
+row of figures for every scenario. They say nothing about speed.
 """
 
 from __future__ import annotations
@@ -130,3 +131,50 @@ def test_large_message_small_run() -> None:
     rows = [line.split() for line in result.stdout.splitlines() if line.strip()[:1].isdigit()]
     assert len(rows) == 1 and float(rows[0][1]) > 2.0, result.stdout
     assert "median rise of peak RSS for a 2 MB message:" in result.stdout, result.stdout
+
+
+MTA_BENCH = REPO / "benchmarks" / "mta_bench.py"
+#: The scenarios of the server benchmark, each a row of its table.
+MTA_SCENARIOS = ("small-hold", "small-discard", "small-maildir", "large-hold",
+                 "relay-small", "relay-rcpt10")
+
+
+def test_mta_bench_tiny_run(tmp_path: pathlib.Path) -> None:
+    """
+    The server benchmark (benchmarks/mta_bench.py) at a fiftieth of its
+    messages, one round, no client comparison: it exits 0, and every
+    scenario's row has figures. The relay rows show one downstream
+    transaction per message, and the spool rows their directory fsyncs.
+    """
+    smtp_sink()
+    if shutil.which("smtp-source") is None and not any(
+            (pathlib.Path(d) / "smtp-source").exists()
+            for d in ("/usr/sbin", "/usr/local/sbin", "/sbin")):
+        unavailable("smtp-source is not installed (Debian: apt-get install -y postfix)")
+    out = tmp_path / "results.json"
+    result = subprocess.run(
+        [sys.executable, str(MTA_BENCH), "--scale", "0.02", "--rounds", "1", "--no-client",
+         "--run-timeout", "60", "--json", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    found = {}
+    for line in result.stdout.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if cells and cells[0] in MTA_SCENARIOS:
+            found[cells[0]] = cells[1:]
+    assert set(found) == set(MTA_SCENARIOS), result.stdout
+    for scenario, cells in found.items():
+        _, _, runs, rate, least, cpu, least_cpu, fsyncs, txn = cells
+        assert runs == "1", (scenario, result.stdout)
+        assert float(rate) >= float(least) > 0, (scenario, result.stdout)
+        assert float(cpu) >= float(least_cpu) > 0, (scenario, result.stdout)
+        if scenario == "small-discard":
+            assert fsyncs == "", result.stdout
+        else:
+            assert float(fsyncs) > 0, (scenario, result.stdout)
+        if scenario.startswith("relay-"):
+            assert float(txn) == 1.0, (scenario, result.stdout)
+    saved = json.loads(out.read_text(encoding="utf-8"))
+    assert {r["scenario"] for r in saved["runs"] if r["ok"]} == set(MTA_SCENARIOS)
+    assert {r["scenario"]: r["messages"] for r in saved["runs"]}["large-hold"] == 20

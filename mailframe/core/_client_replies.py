@@ -17,6 +17,15 @@ __all__ = ["ReplyReader"]
 
 #: The most octets of a bad line quoted in a :class:`ReplyError`.
 _QUOTE = 80
+#: Replies already parsed, by their octets. A server sends the same few
+#: replies again and again (``250`` to MAIL and RCPT, ``354``), and a
+#: :class:`Reply` is frozen, so each is parsed once. Only replies of up to
+#: :data:`PARSED_OCTETS` are kept, and the whole cache is dropped when it
+#: holds :data:`PARSED_REPLIES`: it stays under 128 KiB whatever a server
+#: sends.
+_PARSED: dict[bytes, Reply] = {}
+PARSED_OCTETS = 512
+PARSED_REPLIES = 256
 
 
 def _quote(data: bytes | bytearray) -> str:
@@ -126,9 +135,17 @@ class ReplyReader:
             return None
         data = b"\r\n".join(self._lines) + b"\r\n"
         self._lines = []
+        reply = _PARSED.get(data)
+        if reply is not None:
+            return reply
         try:
-            return Reply.parse(data)
+            reply = Reply.parse(data)
         except ValueError as error:
             # ReplyError, or a reply that cannot be built; neither is
             # expected once the lines passed the checks above.
             raise ReplyError(str(error)) from None
+        if len(data) <= PARSED_OCTETS:
+            if len(_PARSED) >= PARSED_REPLIES:
+                _PARSED.clear()
+            _PARSED[data] = reply
+        return reply

@@ -63,6 +63,12 @@ def _split_path(argument: str, keyword: str) -> tuple[str, str]:
     if not rest.startswith("<"):
         path, space, params = rest.partition(" ")
         return f"<{path}>", space + params
+    end = rest.find(">")
+    if end > 0 and '"' not in rest[:end] and "[" not in rest[:end]:
+        # Neither a quoted local part nor an address literal comes before
+        # the first ">": it ends the path. Most paths are like this, and
+        # need no walk through their characters.
+        return rest[: end + 1], rest[end + 1 :]
     quoted = False
     escaped = False
     literal = False

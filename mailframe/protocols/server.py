@@ -684,13 +684,18 @@ class SMTPServerProtocol(Protocol):
     def _log_message(
         self, envelope: Envelope, queue_id: str, size: int, status: str, reply: Reply
     ) -> None:
+        # The line is made here, once, and the format names only it: a text
+        # observer formats each field of a format through string.Formatter,
+        # which cost more than the rest of a discarded message's handling.
+        # The fields stay in the event for observers that want them.
+        sender, nrcpt, text = str(envelope.sender), len(envelope.recipients), str(reply)
         self.log.info(
-            "{queue_id}: {status} from=<{sender}> size={size} nrcpt={nrcpt}"
-            " client={client.address}: {reply}",
-            queue_id=queue_id, status=status, sender=str(envelope.sender),
+            "{line}",
+            line=f"{queue_id}: {status} from=<{sender}> size={size} nrcpt={nrcpt}"
+                 f" client={envelope.client.address}: {text}",
+            queue_id=queue_id, status=status, sender=sender,
             recipients=[str(r) for r in envelope.recipients],
-            nrcpt=len(envelope.recipients), client=envelope.client, size=size,
-            reply=str(reply),
+            nrcpt=nrcpt, client=envelope.client, size=size, reply=text,
         )
 
     def _abort_writer(self) -> None:

@@ -482,11 +482,16 @@ class QueueRunner(Service):
         delay = self.clock.seconds() - entry.envelope.received_at
         for original, found in results.items():
             for result in found:
+                # The line is made once, and the format names only it (see
+                # SMTPServerProtocol._log_message); the fields stay in the event.
+                recipient, status, reply = (str(result.recipient), result.status.value,
+                                            str(result.reply))
                 self.log.info(
-                    "{queue_id}: to=<{recipient}> status={status} reply={reply}",
-                    queue_id=entry.queue_id, recipient=str(result.recipient),
+                    "{line}",
+                    line=f"{entry.queue_id}: to=<{recipient}> status={status} reply={reply}",
+                    queue_id=entry.queue_id, recipient=recipient,
                     original=str(original), sender=str(entry.envelope.sender),
-                    status=result.status.value, reply=str(result.reply),
+                    status=status, reply=reply,
                     remote=result.remote, handoff=result.handoff.value,
                     client=entry.envelope.client, size=entry.size, delay=delay,
                     attempt=entry.attempts + 1,

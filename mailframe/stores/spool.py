@@ -623,11 +623,23 @@ class SpoolQueueStore:
     # -- beyond the interface ------------------------------------------------
 
     def stop(self) -> Deferred[None]:
-        """Stop watching the ``trigger`` file, and wait for file operations."""
+        """
+        Stop watching the ``trigger`` file, and wait for file operations.
+        Then log how many ``fsync`` calls the spool made since it started,
+        and how many of them were of directories: group commit shows as far
+        fewer directory ``fsync`` calls than messages.
+        """
         if self._watch is not None and self._watch.active():
             self._watch.cancel()
         self._watch = None
-        return self.wait_idle()
+
+        def stopped(_: None) -> None:
+            _log.info(
+                "Spool {path} stopped: {fsyncs} fsyncs, {dir_fsyncs} of directories",
+                path=self.path, fsyncs=self.stats_fsyncs, dir_fsyncs=self.stats_dir_fsyncs,
+            )
+
+        return self.wait_idle().addCallback(stopped)
 
     def wait_idle(self) -> Deferred[None]:
         """

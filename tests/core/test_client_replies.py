@@ -255,3 +255,28 @@ def test_arbitrary_bytes_never_raise(garbage: bytes, draw: st.DataObject | None)
         # What is left is part of one line, shorter than the limit.
         assert conn.buffered < REPLY_LINE
     assert conn.closed
+
+
+def test_a_reply_seen_before_is_not_parsed_again() -> None:
+    """
+    The same octets give the very same frozen reply, from another reader
+    too; a reply longer than the cache's limit is parsed each time, and the
+    cache never holds more than its limit.
+    """
+    from mailframe.core import _client_replies as replies
+
+    def read(data: bytes) -> Reply:
+        reply = replies.ReplyReader(ClientLimits()).read(bytearray(data))
+        assert reply is not None
+        return reply
+
+    first = read(b"250-2.1.0 first line\r\n250 2.1.0 Sender ok\r\n")
+    assert first == Reply(250, "2.1.0", ("first line", "Sender ok"))
+    assert read(b"250-2.1.0 first line\r\n250 2.1.0 Sender ok\r\n") is first
+    long = b"250 2.0.0 " + b"x" * replies.PARSED_OCTETS + b"\r\n"
+    assert read(long) == read(long)
+    assert read(long) is not read(long)
+    for number in range(replies.PARSED_REPLIES * 2):
+        assert read(f"250 2.0.0 queued as {number}\r\n".encode()).text == (
+            f"queued as {number}",)
+        assert len(replies._PARSED) <= replies.PARSED_REPLIES

@@ -27,6 +27,7 @@ from mailframe.core import (
     Vrfy,
     parse_command,
 )
+from mailframe.core._commands import _split_path
 from mailframe.envelope import BodyType
 
 ESMTP = frozenset({"SIZE", "8BITMIME", "PIPELINING", "ENHANCEDSTATUSCODES"})
@@ -125,6 +126,27 @@ def test_quoted_local_part_with_brackets_and_spaces() -> None:
     assert rcpt == Rcpt(
         Mailbox('a > b " c', "d.example"), (("NOTIFY", "NEVER"),), frozenset({"NEVER"})
     )
+
+
+@pytest.mark.parametrize(
+    ("argument", "split"),
+    [
+        ("TO:<a@b.example> NOTIFY=NEVER", ("<a@b.example>", " NOTIFY=NEVER")),
+        ("FROM:<>", ("<>", "")),
+        ("TO:<a>b@c.example>", ("<a>", "b@c.example>")),
+        ('TO:<"a>b"@c.example> X', ('<"a>b"@c.example>', " X")),
+        ("TO:<a@[tag:x>y]> X", ("<a@[tag:x>y]>", " X")),
+        ('TO:<a@b.example> X="y>"', ("<a@b.example>", ' X="y>"')),
+        ("TO: a@b.example X", ("<a@b.example>", " X")),
+    ],
+)
+def test_split_path(argument: str, split: tuple[str, str]) -> None:
+    """
+    The first ``>`` ends the path, unless it is inside a quoted local part
+    or an address literal (RFC 5321 §4.1.3) that comes before it.
+    """
+    keyword = argument.partition(":")[0]
+    assert _split_path(argument, keyword) == split
 
 
 OFFERED = ESMTP | {"STARTTLS", "AUTH", "CHUNKING"}

@@ -531,7 +531,7 @@ class EndOfDataScanTests(SynchronousTestCase):
 
 class LogEventTests(SynchronousTestCase):
     def test_accepted_message_and_refused_recipient_are_structured_events(self) -> None:
-        from twisted.logger import Logger
+        from twisted.logger import Logger, formatEvent
 
         events: list[dict[str, Any]] = []
         factory, _, _ = make_factory()
@@ -552,6 +552,11 @@ class LogEventTests(SynchronousTestCase):
         self.assertEqual(accepted["client"].address, "192.0.2.8")
         self.assertEqual(accepted["size"], len(b"Subject: hi\r\n\r\n.dot\r\nbody\r\n"))
         self.assertEqual(accepted["reply"], f"250 2.0.0 Ok: queued as {queue_id}")
+        size = accepted["size"]
+        self.assertEqual(
+            formatEvent(accepted),
+            f"{queue_id}: queued from=<sender@example.org> size={size} nrcpt=1"
+            f" client=192.0.2.8: 250 2.0.0 Ok: queued as {queue_id}")
         self.assertEqual(refused[0]["recipient"], "x@elsewhere.example")
         self.assertTrue(refused[0]["reply"].startswith("554 5.7.1"))
 

@@ -15,7 +15,7 @@ from typing import Any
 import attrs
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
-from twisted.logger import Logger
+from twisted.logger import Logger, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
@@ -719,6 +719,11 @@ class OutcomeEventTests(RunnerTestCase):
             self.assertEqual(event["sender"], "sender@example.org")
             self.assertIn("reply", event)
             self.assertEqual(event["attempt"], 1)
+            # The line operators read.
+            self.assertEqual(
+                formatEvent(event),
+                f"{queue_id}: to=<{event['recipient']}> status={event['status']}"
+                f" reply={event['reply']}")
 
 
 class ReadOriginalTests(SynchronousTestCase):

@@ -266,6 +266,22 @@ class SpoolTests(_SpoolFiles, TestCase):
                          (2, 1))
 
     @inlineCallbacks
+    def test_stop_logs_the_fsyncs(self) -> _Test:
+        """
+        Stopping logs the ``fsync`` calls made since the start, and how many
+        were of directories: what the benchmark reads to count group commit.
+        """
+        store = yield self.recovered()
+        yield self.commit(store)
+        events = capture_log(self)
+        yield store.stop()
+        [event] = [e for e in events if "dir_fsyncs" in e]
+        self.assertEqual((event["fsyncs"], event["dir_fsyncs"]),
+                         (store.stats_fsyncs, store.stats_dir_fsyncs))
+        self.assertGreaterEqual(event["fsyncs"], 2)
+        self.assertGreaterEqual(event["dir_fsyncs"], 1)
+
+    @inlineCallbacks
     def test_recover_first(self) -> _Test:
         store = self.make()
         self.assertRaises(RuntimeError, store.open_writer)
