@@ -992,24 +992,25 @@ class SpoolQueueStore:
     def _defer(self, queue_id: str, when: float, reason: str) -> EntryState | None:
         """
         Move a claimed entry to ``deferred/``; where it is, if an operator
-        moved it. Its modification time is set before the rename, so that
-        no scan sees it deferred with the old one, due at once.
+        moved it. Its modification time and its reason are written before
+        the rename, so that no reader sees it deferred with the old time
+        (due at once) or without its reason.
         """
         active = self._layout.message(EntryState.ACTIVE, queue_id)
         try:
             os.utime(active, (when, when))
+            if reason:
+                # Not fsynced: after a crash the recipients' replies tell as much.
+                with open(self._layout.why(queue_id), "wb") as f:
+                    f.write(reason.encode("utf-8", "replace"))
+            else:
+                _unlink(self._layout.why(queue_id))
             os.rename(active, self._layout.message(EntryState.DEFERRED, queue_id))
         except FileNotFoundError:
             try:
                 return self._locate(queue_id)[0]
             except NoSuchEntry:
                 return None
-        if reason:
-            # Not fsynced: after a crash the recipients' replies tell as much.
-            with open(self._layout.why(queue_id), "wb") as f:
-                f.write(reason.encode("utf-8", "replace"))
-        else:
-            _unlink(self._layout.why(queue_id))
         return EntryState.DEFERRED
 
     def _hold(self, queue_id: str, reason: str) -> EntryState:

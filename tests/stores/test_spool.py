@@ -419,6 +419,29 @@ class SpoolTests(_SpoolFiles, TestCase):
         self.assertEqual((yield restarted.get(queue_id)).reason, str(LATER))
 
     @inlineCallbacks
+    def test_reschedule_writes_the_reason_before_the_move(self) -> _Test:
+        """
+        A reader that finds the entry in ``deferred/`` also finds its
+        reason: the ``.why`` is written while the entry is still active.
+        """
+        store = yield self.recovered()
+        queue_id = yield self.commit(store)
+        entry = (yield self.claim(store))[queue_id]
+        yield store.record(attempted(entry, (ALICE, PENDING)))
+        seen: list[bytes | None] = []
+        rename = os.rename
+
+        def spying_rename(source: str, target: str) -> None:
+            if target == self.file("deferred", queue_id):
+                why = os.path.join(self.dir("env"), queue_id + ".why")
+                seen.append(self.read("env", queue_id + ".why") if os.path.exists(why) else None)
+            rename(source, target)
+
+        self.patch(spool_module.os, "rename", spying_rename)
+        yield store.reschedule(queue_id, 5e9, "451 4.4.1 later")
+        self.assertEqual(seen, [b"451 4.4.1 later"])
+
+    @inlineCallbacks
     def test_abort_removes_temp_file(self) -> _Test:
         store = yield self.recovered()
         writer = store.open_writer()
