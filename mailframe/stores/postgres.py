@@ -489,7 +489,12 @@ class PostgresQueueStore:
     # -- beyond the interface ------------------------------------------------
 
     def stop(self) -> Deferred[None]:
-        """Stop listening and sweeping, wait for operations, and close the connections."""
+        """
+        Stop listening and sweeping, wait for operations, and close the
+        connections. Whoever uses the store stops it: a
+        :class:`~mailframe.services.mta.MailService` does, last. A store
+        still running when the reactor has shut down is stopped then.
+        """
         if self._stopped:
             return defer.succeed(None)
         self._stopped = True
@@ -553,9 +558,34 @@ class PostgresQueueStore:
             self._threads = ThreadPool(minthreads=0, maxthreads=self.pool_size,
                                        name="mailframe-postgres")
             self._threads.start()
+            # A safety net for a store that nobody stops, such as that of a
+            # ``mailframe queue`` command. It runs after the "before"
+            # phase, in which twistd stops the services: a MailService
+            # stops its store itself, last, once the grace period for
+            # connected sessions and the queue runner are over, and the
+            # store must serve them until then.
             self._shutdown_trigger = self._reactor.addSystemEventTrigger(
-                "before", "shutdown", self.stop)
+                "after", "shutdown", self._stop_at_shutdown)
         return self._threads
+
+    def _stop_at_shutdown(self) -> None:
+        """
+        Stop at once, blocking, after the reactor has stopped: wait for the
+        threads' operations, then close the connections. Their results are
+        not delivered any more.
+        """
+        self._shutdown_trigger = None
+        if self._stopped:
+            return
+        self._stopped = True
+        self._stop_listening.set()
+        if self._sweep is not None and self._sweep.active():
+            self._sweep.cancel()
+        self._sweep = None
+        threads, self._threads = self._threads, None
+        if threads is not None:
+            threads.stop()
+        self._close_pool()
 
     def _changing(self, d: Deferred[_T]) -> Deferred[_T]:
         def changed(result: _T) -> _T:

@@ -290,6 +290,55 @@ class PostgresStoreTests(TestCase):
         yield self.store(lease=600.0).recover()
 
     @inlineCallbacks
+    def test_shutdown_leaves_the_store_to_its_service_until_the_end(self) -> _Test:
+        """
+        twistd stops its services in the "before" phase of the reactor's
+        shutdown, and a MailService stops its store last, once its sessions
+        and runner are done: the store serves them through that phase. Only
+        a store that nobody stopped is stopped, after the reactor, blocking.
+        """
+        from mailframe.stores.postgres import StoreUnavailable
+
+        phases: dict[str, list[tuple[str, Any]]] = {"before": [], "during": [], "after": []}
+
+        class Shutting:
+            """The reactor, with shutdown triggers that the test fires."""
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(reactor, name)
+
+            def addSystemEventTrigger(self, phase: str, event: str, f: Any) -> Any:
+                handle = (phase, f)
+                phases[phase].append(handle)
+                return handle
+
+            def removeSystemEventTrigger(self, handle: Any) -> None:
+                phases[handle[0]].remove(handle)
+
+        store = PostgresQueueStore(self.dsn, Shutting(), connect_timeout=3.0)
+        self.addCleanup(store.stop)
+        yield store.recover()
+        for _, trigger in list(phases["before"]) + list(phases["during"]):
+            yield trigger()
+        # Sessions still in DATA, and deliveries, still reach the database.
+        queue_id = yield self.commit(store)
+        claimed = yield store.claim(reactor.seconds(), 10, 60)
+        self.assertEqual([e.queue_id for e in claimed], [queue_id])
+        yield store.record(claimed[0])
+        # A service that stops its store removes the safety net.
+        stopped = PostgresQueueStore(self.dsn, Shutting(), connect_timeout=3.0)
+        yield stopped.get(queue_id)
+        self.assertEqual(len(phases["after"]), 2)
+        yield stopped.stop()
+        self.assertEqual(len(phases["after"]), 1)
+        # Nobody stopped the first one: the reactor's last phase does.
+        for _, trigger in list(phases["after"]):
+            trigger()
+        self.assertIsNone(store._threads)
+        self.assertIsNone(store._pool)
+        yield self.assertFailure(store.get(queue_id), StoreUnavailable)
+
+    @inlineCallbacks
     def test_schema_missing_or_newer_is_refused(self) -> _Test:
         from mailframe.stores._pgschema import SchemaMismatch
 
