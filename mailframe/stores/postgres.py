@@ -45,7 +45,7 @@ import socket
 import tempfile
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, BinaryIO, ParamSpec, Protocol, TypeVar, cast
 
 import attrs
@@ -384,8 +384,10 @@ class PostgresQueueStore:
         Lease up to *limit* due entries to this node, taking new mail
         (first in, first out) and due mail (the longest due first) in turn.
         Rows that another node is claiming or changing at the same moment
-        are skipped (``SKIP LOCKED``). An entry whose envelope cannot be
-        read is set aside in ``corrupt``.
+        are skipped (``SKIP LOCKED``), and so are those this store is still
+        delivering, even once their lease ran out: another node may take
+        those over, not this one. An entry whose envelope cannot be read is
+        set aside in ``corrupt``.
         """
         if limit <= 0:
             return defer.succeed([])
@@ -401,7 +403,8 @@ class PostgresQueueStore:
 
         token = uuid.uuid4().hex
         return self._run(
-            self._claim, now, limit, now + lease, token, self._incoming_first
+            self._claim, now, limit, now + lease, token, self._incoming_first,
+            list(self._tokens),
         ).addCallback(claimed)
 
     def renew(self, queue_id: str, lease: float) -> Deferred[None]:
@@ -415,7 +418,9 @@ class PostgresQueueStore:
         """
         lease = self.lease if self.lease is not None else lease
         until = self._reactor.seconds() + lease
-        return self._run(self._renew, queue_id, self._tokens.get(queue_id), until)
+        token = self._tokens.get(queue_id)
+        return self._run(self._renew, queue_id, token, until).addErrback(
+            self._attempt_ended, queue_id, token)
 
     def record(self, entry: QueueEntry) -> Deferred[None]:
         """
@@ -425,12 +430,14 @@ class PostgresQueueStore:
         entry over meanwhile: that node delivers it again.
         """
         queue_id = entry.queue_id
+        token = self._tokens.get(queue_id)
 
         def recorded(_: None) -> None:
             if entry.done:
-                self._tokens.pop(queue_id, None)
+                self._drop_token(queue_id, token)
 
-        return self._run(self._record, entry, self._tokens.get(queue_id)).addCallback(recorded)
+        return self._run(self._record, entry, token).addCallbacks(
+            recorded, self._attempt_ended, errbackArgs=(queue_id, token))
 
     def reschedule(self, queue_id: str, when: float, reason: str) -> Deferred[None]:
         """
@@ -587,6 +594,21 @@ class PostgresQueueStore:
             threads.stop()
         self._close_pool()
 
+    def _attempt_ended(self, failure: Failure, queue_id: str, token: str | None) -> Failure:
+        """
+        Forget the claim of *queue_id* once a renewal or a record fails in
+        a way that ends the delivery attempt: its lease is lost, the entry
+        is gone, or the database is unavailable (the queue runner gives the
+        attempt up; the entry is claimed again once its lease runs out).
+        """
+        if failure.check(LeaseLost, NoSuchEntry, StoreUnavailable):
+            self._drop_token(queue_id, token)
+        return failure
+
+    def _drop_token(self, queue_id: str, token: str | None) -> None:
+        if token is not None and self._tokens.get(queue_id) == token:
+            del self._tokens[queue_id]
+
     def _changing(self, d: Deferred[_T]) -> Deferred[_T]:
         def changed(result: _T) -> _T:
             self._changed()
@@ -706,7 +728,7 @@ class PostgresQueueStore:
 
     def _claim(
         self, conn: psycopg.Connection[Any], now: float, limit: int, until: float, token: str,
-        incoming_first: bool,
+        incoming_first: bool, in_flight: Sequence[str],
     ) -> _Claim:
         incoming = [row[0] for row in conn.execute(
             "SELECT queue_id FROM mailframe_entries WHERE state = 'incoming'"
@@ -715,10 +737,13 @@ class PostgresQueueStore:
             "SELECT next_attempt, queue_id FROM mailframe_entries WHERE state = 'deferred'"
             " AND next_attempt <= %s ORDER BY next_attempt LIMIT %s FOR UPDATE SKIP LOCKED",
             (now, limit)).fetchall()
+        # Not those this store is still delivering: their leases ran out,
+        # but taking them again would run two deliveries under one claim.
         expired = conn.execute(
             "SELECT lease_until, queue_id FROM mailframe_entries WHERE state = 'active'"
-            " AND lease_until <= %s ORDER BY lease_until LIMIT %s FOR UPDATE SKIP LOCKED",
-            (now, limit)).fetchall()
+            " AND lease_until <= %s AND (lease_owner IS DISTINCT FROM %s"
+            " OR queue_id <> ALL(%s)) ORDER BY lease_until LIMIT %s FOR UPDATE SKIP LOCKED",
+            (now, self.node, in_flight, limit)).fetchall()
         due = [queue_id for _, queue_id in sorted(deferred + expired)]
         taken: list[str] = []
         while len(taken) < limit and (incoming or due):

@@ -29,8 +29,24 @@ def make_store(testcase: TestCase, dsn: str, **options: Any) -> PostgresQueueSto
 
 class PostgresContractTests(QueueStoreContract, TestCase):
     def make_store(self) -> Deferred[PostgresQueueStore]:
-        store = make_store(self, postgres().new_database(), pool_size=3)
+        self.dsn = postgres().new_database()
+        store = make_store(self, self.dsn, pool_size=3)
         return store.recover().addCallback(lambda _: store)
+
+    @inlineCallbacks
+    def test_claim_respects_lease(self) -> _Test:
+        """
+        As in the contract, except who claims once the lease ran out:
+        another node, not the one that still delivers the entry.
+        """
+        store = yield self._store()
+        queue_id = yield self._commit(store)
+        self.assertEqual(self._ids((yield store.claim(self.now, 10, 60))), [queue_id])
+        other = make_store(self, self.dsn, node="other")
+        self.assertEqual((yield other.claim(self.now + 30, 10, 60)), [])
+        self.assertEqual((yield store.claim(self.now + 61, 10, 60)), [])
+        again = yield other.claim(self.now + 61, 10, 60)
+        self.assertEqual(self._ids(again), [queue_id])
 
 
 def _envelope() -> Any:
@@ -208,6 +224,39 @@ class PostgresStoreTests(TestCase):
         entry = yield second.get(queue_id)
         self.assertEqual(entry.state.value, "active")
         yield second.renew(queue_id, 60)
+
+    @inlineCallbacks
+    def test_a_node_does_not_claim_what_it_still_delivers(self) -> _Test:
+        """
+        A lease that runs out while this node still delivers the entry is
+        left to other nodes; once the attempt ends (here: the database is
+        unavailable for a renewal), this node may claim the entry again.
+        """
+        from mailframe.stores import LeaseLost, StoreUnavailable
+
+        first = self.store(node="first", lease=60.0)
+        yield first.recover()
+        queue_id = yield self.commit(first)
+        now = reactor.seconds()
+        taken = yield first.claim(now, 10, 60)
+        self.assertEqual([e.queue_id for e in taken], [queue_id])
+        self.assertEqual((yield first.claim(now + 61, 10, 60)), [])
+
+        def unavailable(*args: Any) -> None:
+            raise StoreUnavailable("the database is down")
+
+        patched = self.patch(first, "_renew", unavailable)
+        yield self.assertFailure(first.renew(queue_id, 60), StoreUnavailable)
+        patched.restore()
+        again = yield first.claim(now + 61, 10, 60)
+        self.assertEqual([e.queue_id for e in again], [queue_id])
+        # Another node takes it over; this one's lost renewal forgets it.
+        second = self.store(node="second", lease=60.0)
+        yield second.recover()
+        self.assertEqual(len((yield second.claim(now + 122, 10, 60))), 1)
+        yield self.assertFailure(first.renew(queue_id, 60), LeaseLost)
+        self.assertEqual(first._tokens, {})
+        yield self.assertFailure(first.record(again[0]), LeaseLost)
 
     @inlineCallbacks
     def test_recover_leaves_other_nodes_leases(self) -> _Test:
