@@ -425,9 +425,11 @@ class PostgresQueueStore:
     def record(self, entry: QueueEntry) -> Deferred[None]:
         """
         Store the delivery state of *entry*, or delete the entry and its
-        message when it is done; fires after the commit. Fails with
-        :class:`~mailframe.stores.LeaseLost` when another claim took the
-        entry over meanwhile: that node delivers it again.
+        message when it is done; fires after the commit. Only the claim
+        that holds the entry may record: this fails with
+        :class:`~mailframe.stores.LeaseLost` when the lease was lost
+        meanwhile, to another node's claim (even one that has ended since)
+        or to an operator's change, and the entry is delivered again.
         """
         queue_id = entry.queue_id
         token = self._tokens.get(queue_id)
@@ -794,9 +796,10 @@ class PostgresQueueStore:
             raise NoSuchEntry(queue_id)
         stored = _entry(row[:6])
         check_recipients(stored, entry)
-        held_by = row[6]
-        if held_by is not None and held_by != token:
-            # Another claim took the entry over; its node delivers it.
+        if token is None or row[6] != token:
+            # Another claim took the entry over (and may have ended its
+            # lease since), or an operator changed it: what this attempt
+            # learnt must not overwrite what came after it.
             raise LeaseLost(queue_id)
         if entry.done:
             _remove(conn, queue_id)

@@ -226,6 +226,41 @@ class PostgresStoreTests(TestCase):
         yield second.renew(queue_id, 60)
 
     @inlineCallbacks
+    def test_a_late_record_does_not_overwrite_the_next_claim(self) -> _Test:
+        """
+        The first node's lease runs out; the second claims the entry,
+        delivers to one recipient and reschedules it, which ends its lease.
+        The first node's record, arriving late, is refused, and the
+        second's outcome stays.
+        """
+        import attrs
+
+        from mailframe.envelope import RecipientState
+        from mailframe.stores import LeaseLost
+
+        first = self.store(node="first", lease=60.0)
+        second = self.store(node="second", lease=60.0)
+        yield first.recover()
+        yield second.recover()
+        queue_id = yield self.commit(first)
+        now = reactor.seconds()
+        (late,) = yield first.claim(now, 10, 60)
+        (taken,) = yield second.claim(now + 61, 10, 60)
+        (alice,) = taken.recipients
+        # Delivered, with a report owed: not done yet.
+        owed = attrs.evolve(alice, state=RecipientState.DELIVERED, report="delivered")
+        yield second.record(attrs.evolve(taken, recipients=(owed,), attempts=1))
+        yield second.reschedule(queue_id, now + 999, "a report is owed")
+        self.assertEqual(_rows(self.dsn, "SELECT state, lease_token FROM mailframe_entries"),
+                         [("deferred", None)])
+        pending = attrs.evolve(alice, attempts=1, next_attempt=now + 300)
+        yield self.assertFailure(
+            first.record(attrs.evolve(late, recipients=(pending,), attempts=1)), LeaseLost)
+        entry = yield second.get(queue_id)
+        self.assertEqual(entry.recipients[0].state, RecipientState.DELIVERED)
+        self.assertEqual(entry.recipients[0].report, "delivered")
+
+    @inlineCallbacks
     def test_a_node_does_not_claim_what_it_still_delivers(self) -> _Test:
         """
         A lease that runs out while this node still delivers the entry is
