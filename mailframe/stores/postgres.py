@@ -88,6 +88,7 @@ __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "DEFAULT_LEASE",
     "DEFAULT_POOL_SIZE",
+    "DEFAULT_STATEMENT_TIMEOUT",
     "ClockSkew",
     "MissingDriver",
     "PostgresQueueStore",
@@ -113,6 +114,26 @@ DEFAULT_LEASE = 900.0
 DEFAULT_ORPHAN_AGE = 3600.0
 #: Seconds to wait for a database connection before an operation fails.
 DEFAULT_CONNECT_TIMEOUT = 5.0
+#: Seconds the database lets one statement of the store run before it
+#: cancels it (its ``statement_timeout``): far above the longest the store
+#: runs, a flush or a count of a queue of millions, so that only a stuck
+#: statement, such as one waiting on a lock that is never released, fails.
+DEFAULT_STATEMENT_TIMEOUT = 300.0
+#: Seconds the database keeps a transaction of the store open while it sends
+#: nothing (``idle_in_transaction_session_timeout``), which frees the rows
+#: locked by a node that hangs mid-transaction. The store's transactions
+#: run their statements back to back.
+IDLE_IN_TRANSACTION_TIMEOUT = 60.0
+#: TCP keepalives on every connection (libpq's ``keepalives_idle``,
+#: ``keepalives_interval`` and ``keepalives_count``): a database that is
+#: gone without a word (a host down, a network cut) is noticed within about
+#: a minute, not the two hours of the kernel's default.
+KEEPALIVES_IDLE = 30
+KEEPALIVES_INTERVAL = 10
+KEEPALIVES_COUNT = 3
+#: Seconds that data sent to the database may stay unacknowledged before
+#: the connection is closed (libpq's ``tcp_user_timeout``, on Linux).
+TCP_USER_TIMEOUT = 60.0
 #: Seconds between sweeps for orphaned chunks, at most.
 SWEEP_INTERVAL = 600.0
 #: A message read from the database stays in memory up to this size, and
@@ -177,11 +198,36 @@ def describe_dsn(dsn: str) -> str:
     return " ".join(shown) or "the default database"
 
 
+def _connection_options(connect_timeout: float) -> dict[str, Any]:
+    """What every connection of the store passes to libpq beside the DSN."""
+    return {
+        "connect_timeout": max(1, round(connect_timeout)),
+        "keepalives": 1,
+        "keepalives_idle": KEEPALIVES_IDLE,
+        "keepalives_interval": KEEPALIVES_INTERVAL,
+        "keepalives_count": KEEPALIVES_COUNT,
+        "tcp_user_timeout": round(TCP_USER_TIMEOUT * 1000),
+    }
+
+
+def _with_timeouts(dsn: str, statement_timeout: float) -> str:
+    """
+    *dsn* with the server-side timeouts of the store's sessions in its
+    ``options``, before those the DSN gives itself, which win.
+    """
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    ours = (f"-c statement_timeout={round(statement_timeout * 1000)}"
+            f" -c idle_in_transaction_session_timeout="
+            f"{round(IDLE_IN_TRANSACTION_TIMEOUT * 1000)}")
+    theirs = conninfo_to_dict(dsn).get("options")
+    return make_conninfo(dsn, options=f"{ours} {theirs}" if theirs else ours)
+
+
 def _connect(dsn: str, connect_timeout: float) -> Any:
     psycopg, _ = _driver()
     try:
-        return psycopg.connect(dsn, autocommit=True,
-                               connect_timeout=max(1, round(connect_timeout)))
+        return psycopg.connect(dsn, autocommit=True, **_connection_options(connect_timeout))
     except psycopg.OperationalError as error:
         raise StoreUnavailable(f"cannot connect to the PostgreSQL database"
                                f" ({describe_dsn(dsn)}): {str(error).strip()}") from None
@@ -263,6 +309,9 @@ class PostgresQueueStore:
     :param orphan_age: seconds after which the chunks of a message that was
         never sealed are deleted.
     :param connect_timeout: seconds to wait for a connection.
+    :param statement_timeout: seconds the database lets one statement run
+        before it cancels it (the operation then fails with
+        :class:`StoreUnavailable`).
     :param random: the random source of queue ids.
     :param high_water: octets a writer holds before it pauses its producer.
     """
@@ -279,6 +328,7 @@ class PostgresQueueStore:
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         random: RandomSource | None = None,
         high_water: int = DEFAULT_HIGH_WATER,
+        statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT,
     ) -> None:
         self._psycopg, self._psycopg_pool = _driver()
         if pool_size < 1:
@@ -292,6 +342,7 @@ class PostgresQueueStore:
         self.chunk_size = chunk_size
         self.orphan_age = orphan_age
         self.connect_timeout = connect_timeout
+        self.statement_timeout = statement_timeout
         self.high_water = max(high_water, 2 * chunk_size)
         self._reactor = reactor
         self._random: RandomSource = random if random is not None else _system_random()
@@ -658,9 +709,9 @@ class PostgresQueueStore:
                 return self._pool
             pool_module = self._psycopg_pool
             pool: ConnectionPool[Any] = pool_module.ConnectionPool(
-                self.dsn, min_size=1, max_size=self.pool_size, open=False,
-                timeout=self.connect_timeout, name="mailframe",
-                kwargs={"connect_timeout": max(1, round(self.connect_timeout))},
+                _with_timeouts(self.dsn, self.statement_timeout), min_size=1,
+                max_size=self.pool_size, open=False, timeout=self.connect_timeout,
+                name="mailframe", kwargs=_connection_options(self.connect_timeout),
                 check=pool_module.ConnectionPool.check_connection,
             )
             try:
@@ -913,7 +964,7 @@ class PostgresQueueStore:
         while not self._stop_listening.is_set():
             try:
                 with psycopg.connect(self.dsn, autocommit=True,
-                                     connect_timeout=max(1, round(self.connect_timeout))) as conn:
+                                     **_connection_options(self.connect_timeout)) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     self._listening.set()
                     backoff = 0.5
@@ -1240,6 +1291,7 @@ def _build_postgres(settings: Any, context: Any) -> PostgresQueueStore:
         orphan_age=settings["orphan_age"],
         connect_timeout=settings["connect_timeout"],
         random=context.random,
+        statement_timeout=settings["statement_timeout"],
     )
 
 
@@ -1285,6 +1337,12 @@ postgres_maker = ComponentMaker(
             "duration", DEFAULT_CONNECT_TIMEOUT,
             "How long an operation waits for a database connection before it fails"
             " (new mail then gets 451 4.3.0).", minimum=0.1,
+        ),
+        "statement_timeout": Setting(
+            "duration", DEFAULT_STATEMENT_TIMEOUT,
+            "How long the database lets one statement of the store run before it"
+            " cancels it: far above the longest the store needs, so that only a stuck"
+            " one fails.", minimum=1,
         ),
     },
 )

@@ -423,6 +423,49 @@ class PostgresStoreTests(TestCase):
         yield self.assertFailure(store.get(queue_id), StoreUnavailable)
 
     @inlineCallbacks
+    def test_connections_have_keepalives_and_timeouts(self) -> _Test:
+        """
+        Every connection of the pool has TCP keepalives and a TCP user
+        timeout, and its session a statement timeout and an idle-in-
+        transaction timeout; options in the DSN are kept, and win.
+        """
+        from mailframe.stores import postgres as module
+
+        dsn = self.dsn + " options='-c lock_timeout=7s -c idle_in_transaction_session_timeout=45s'"
+        store = make_store(self, dsn, statement_timeout=120.0)
+
+        def settings(conn: Any) -> tuple[dict[str, str], list[str]]:
+            shown = [conn.execute(f"SHOW {name}").fetchone()[0] for name in (
+                "statement_timeout", "idle_in_transaction_session_timeout", "lock_timeout")]
+            return conn.info.get_parameters(), shown
+
+        parameters, shown = yield store._run(settings)
+        self.assertEqual(shown, ["2min", "45s", "7s"])
+        self.assertEqual(
+            {key: parameters.get(key) for key in ("keepalives", "keepalives_idle",
+                                                  "keepalives_interval", "keepalives_count",
+                                                  "tcp_user_timeout")},
+            {"keepalives": "1", "keepalives_idle": str(module.KEEPALIVES_IDLE),
+             "keepalives_interval": str(module.KEEPALIVES_INTERVAL),
+             "keepalives_count": str(module.KEEPALIVES_COUNT),
+             "tcp_user_timeout": str(round(module.TCP_USER_TIMEOUT * 1000))})
+        plain = make_store(self, self.dsn)
+        _, shown = yield plain._run(settings)
+        self.assertEqual(shown[:2], ["5min", "1min"])
+
+    @inlineCallbacks
+    def test_a_stuck_statement_is_cancelled(self) -> _Test:
+        """A statement that outlasts the statement timeout fails the operation."""
+        from mailframe.stores.postgres import StoreUnavailable
+
+        store = self.store(statement_timeout=1.0)
+        yield store.recover()
+        failure = yield self.assertFailure(
+            store._run(lambda conn: conn.execute("SELECT pg_sleep(5)")), StoreUnavailable)
+        self.assertIn("statement timeout", str(failure))
+        yield store.stats()
+
+    @inlineCallbacks
     def test_schema_missing_or_newer_is_refused(self) -> _Test:
         from mailframe.stores._pgschema import SchemaMismatch
 
