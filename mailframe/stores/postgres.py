@@ -1272,13 +1272,15 @@ class _PostgresWriter(GatedWriter):
         conn.execute(f"NOTIFY {CHANNEL}")
 
     def _remove_chunks(self, conn: psycopg.Connection[Any]) -> None:
+        # The upload row first: its lock waits for a seal of this message
+        # still under way (one whose answer was lost), which deletes it.
+        conn.execute("DELETE FROM mailframe_uploads WHERE queue_id = %s", (self.queue_id,))
         # A commit whose COMMIT went through but whose answer was lost made
         # an entry: its chunks stay (its client heard 451, and may send it
         # again: a duplicate, not a loss).
         conn.execute("DELETE FROM mailframe_chunks WHERE queue_id = %s AND NOT EXISTS"
                      " (SELECT 1 FROM mailframe_entries WHERE queue_id = %s)",
                      (self.queue_id, self.queue_id))
-        conn.execute("DELETE FROM mailframe_uploads WHERE queue_id = %s", (self.queue_id,))
 
 
 def _build_postgres(settings: Any, context: Any) -> PostgresQueueStore:

@@ -198,6 +198,40 @@ class PostgresStoreTests(TestCase):
         self.assertEqual(_rows(self.dsn, "SELECT count(*) FROM mailframe_uploads"), [(0,)])
 
     @inlineCallbacks
+    def test_removing_chunks_waits_for_a_seal_under_way(self) -> _Test:
+        """
+        A writer whose commit failed (its answer lost, say) removes its
+        chunks while the sealing transaction may still be running in the
+        database: the removal waits for it, and keeps the chunks of the
+        entry it made.
+        """
+        import psycopg
+        from twisted.internet.task import deferLater
+
+        from mailframe.envelope import EntryState, QueueEntry
+
+        store = self.store(chunk_size=1024)
+        yield store.recover()
+        writer = store.open_writer()
+        writer.write(b"x" * 3000)
+        yield store.wait_idle()
+        entry = QueueEntry.new(writer.queue_id, _envelope(), reactor.seconds(), 2048,
+                               EntryState.INCOMING)
+        sealing = psycopg.connect(self.dsn)
+        self.addCleanup(sealing.close)
+        writer._seal(sealing, entry, b"", 2, 2)
+        removed = store._run(writer._remove_chunks)
+        yield deferLater(reactor, 0.5, lambda: None)
+        self.assertFalse(removed.called, "the removal did not wait for the seal")
+        sealing.commit()
+        yield removed
+        f = yield store.open_message(writer.queue_id)
+        try:
+            self.assertEqual(f.read(), b"x" * 2048)
+        finally:
+            f.close()
+
+    @inlineCallbacks
     def test_expired_lease_is_taken_over_by_another_node(self) -> _Test:
         first = self.store(node="first", lease=60.0)
         second = self.store(node="second", lease=60.0)
