@@ -735,17 +735,31 @@ class PostgresQueueStore:
         pool = self._open_pool()
         try:
             with pool.connection() as conn:
-                if not self._schema_checked:
-                    problem = mismatch_message(current_version(conn))
-                    if problem is not None:
-                        raise SchemaMismatch(problem)
-                    self._schema_checked = True
-                return f(conn, *args)
+                try:
+                    if not self._schema_checked:
+                        problem = mismatch_message(current_version(conn))
+                        if problem is not None:
+                            raise SchemaMismatch(problem)
+                        self._schema_checked = True
+                    return f(conn, *args)
+                except psycopg.DatabaseError as error:
+                    if _cannot_write_now(error):
+                        # The pool replaces it: its next connection may
+                        # reach the new primary after a failover.
+                        conn.close()
+                    raise
         except (psycopg.OperationalError, psycopg.InterfaceError,
                 self._psycopg_pool.PoolTimeout) as error:
             raise StoreUnavailable(
                 f"the PostgreSQL database ({describe_dsn(self.dsn)}) is unavailable:"
                 f" {error}") from error
+        except psycopg.DatabaseError as error:
+            if not _cannot_write_now(error):
+                # A programming error, a constraint: a bug to see, not an outage.
+                raise
+            raise StoreUnavailable(
+                f"the PostgreSQL database ({describe_dsn(self.dsn)}) cannot take writes"
+                f" now: {error}") from error
 
     def _recover(self, conn: psycopg.Connection[Any], now: float) -> tuple[int, int, int, float]:
         skew = now - float(_scalar(conn, "SELECT extract(epoch FROM clock_timestamp())::float8"))
@@ -993,6 +1007,21 @@ class PostgresQueueStore:
         except Exception:
             with self._wake_lock:
                 self._wake_pending = False
+
+
+#: SQLSTATEs, beside those of ``OperationalError``, that say the database
+#: cannot take the store's writes now rather than that the store is wrong: a
+#: read-only transaction (a standby, after a failover), a session ended by
+#: a timeout, and the server's internal errors (class XX).
+_UNAVAILABLE_STATES = frozenset({"25006", "25P03", "25P04"})
+
+
+def _cannot_write_now(error: BaseException) -> bool:
+    """Whether *error*, of psycopg, means an outage of the database, not a bug."""
+    sqlstate = getattr(error, "sqlstate", None)
+    if sqlstate is None:
+        return False
+    return sqlstate in _UNAVAILABLE_STATES or sqlstate.startswith("XX")
 
 
 def _system_random() -> RandomSource:

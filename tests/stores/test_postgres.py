@@ -501,6 +501,41 @@ class PostgresStoreTests(TestCase):
         yield store.stats()
 
     @inlineCallbacks
+    def test_a_read_only_database_is_unavailable_and_bugs_stay_loud(self) -> _Test:
+        """
+        A database that takes no writes (a standby after a failover) makes
+        operations fail with StoreUnavailable, and its connections are
+        replaced; once it takes writes again, so does the store. A
+        programming error is not taken for an outage.
+        """
+        import psycopg
+
+        from mailframe.stores.postgres import StoreUnavailable
+
+        store = self.store(pool_size=1)
+        yield store.recover()
+        database = self.dsn.split("dbname=")[1]
+        postgres().execute(f"ALTER DATABASE {database} SET default_transaction_read_only = on")
+        # The pool's connection predates the change: it still writes.
+        yield self.commit(store)
+        yield store._run(lambda conn: conn.close())
+        failure = yield self.assertFailure(self.commit(store), StoreUnavailable)
+        self.assertIn("read-only transaction", str(failure))
+        postgres().execute(f"ALTER DATABASE {database} RESET default_transaction_read_only")
+        # Each failure closed its connection (the pool, of one, may have
+        # opened the next before the reset): a later one takes writes.
+        for attempt in range(3):
+            try:
+                yield self.commit(store)
+                break
+            except StoreUnavailable:
+                if attempt == 2:
+                    raise
+        yield self.assertFailure(store._run(lambda conn: conn.execute("SELEC 1")),
+                                 psycopg.ProgrammingError)
+        self.assertEqual(len((yield store.list())), 2)
+
+    @inlineCallbacks
     def test_schema_missing_or_newer_is_refused(self) -> _Test:
         from mailframe.stores._pgschema import SchemaMismatch
 
