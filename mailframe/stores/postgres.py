@@ -302,9 +302,11 @@ class PostgresQueueStore:
         use them.
     :param lease: seconds a claim and a renewal lease an entry for, in
         place of what the queue runner asks; ``None`` for what it asks.
-    :param node: this node's id in leases; by default ``hostname:pid``.
-        A node that restarts with the same id takes its own leases back at
-        :meth:`recover`.
+    :param node: this node's id in leases, unique among the processes
+        running at once; by default ``hostname:pid``. A node that restarts
+        with the same id takes its own leases back at :meth:`recover`; with
+        the default, which changes with each start, the entries a crashed
+        node was delivering wait for their leases to run out.
     :param chunk_size: octets of message data per chunk.
     :param orphan_age: seconds after which the chunks of a message that was
         never sealed are deleted.
@@ -1351,8 +1353,10 @@ postgres_maker = ComponentMaker(
         ),
         "node": Setting(
             "string", "",
-            "This node's id in leases (default: hostname:pid). A node that restarts"
-            " with the same id takes back its own leases at once.",
+            "This node's id in leases, unique among the running processes (default:"
+            " hostname:pid). A node that restarts with the same id takes back its own"
+            " leases at once; with the default, a crashed node's entries wait for their"
+            " leases to run out.",
         ),
         "chunk_size": Setting(
             "integer", DEFAULT_CHUNK_SIZE,
