@@ -45,7 +45,7 @@ import socket
 import tempfile
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, BinaryIO, ParamSpec, Protocol, TypeVar, cast
 
 import attrs
@@ -88,6 +88,7 @@ __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "DEFAULT_LEASE",
     "DEFAULT_POOL_SIZE",
+    "DEFAULT_STATEMENT_TIMEOUT",
     "ClockSkew",
     "MissingDriver",
     "PostgresQueueStore",
@@ -113,6 +114,26 @@ DEFAULT_LEASE = 900.0
 DEFAULT_ORPHAN_AGE = 3600.0
 #: Seconds to wait for a database connection before an operation fails.
 DEFAULT_CONNECT_TIMEOUT = 5.0
+#: Seconds the database lets one statement of the store run before it
+#: cancels it (its ``statement_timeout``): far above the longest the store
+#: runs, a flush or a count of a queue of millions, so that only a stuck
+#: statement, such as one waiting on a lock that is never released, fails.
+DEFAULT_STATEMENT_TIMEOUT = 300.0
+#: Seconds the database keeps a transaction of the store open while it sends
+#: nothing (``idle_in_transaction_session_timeout``), which frees the rows
+#: locked by a node that hangs mid-transaction. The store's transactions
+#: run their statements back to back.
+IDLE_IN_TRANSACTION_TIMEOUT = 60.0
+#: TCP keepalives on every connection (libpq's ``keepalives_idle``,
+#: ``keepalives_interval`` and ``keepalives_count``): a database that is
+#: gone without a word (a host down, a network cut) is noticed within about
+#: a minute, not the two hours of the kernel's default.
+KEEPALIVES_IDLE = 30
+KEEPALIVES_INTERVAL = 10
+KEEPALIVES_COUNT = 3
+#: Seconds that data sent to the database may stay unacknowledged before
+#: the connection is closed (libpq's ``tcp_user_timeout``, on Linux).
+TCP_USER_TIMEOUT = 60.0
 #: Seconds between sweeps for orphaned chunks, at most.
 SWEEP_INTERVAL = 600.0
 #: A message read from the database stays in memory up to this size, and
@@ -177,11 +198,36 @@ def describe_dsn(dsn: str) -> str:
     return " ".join(shown) or "the default database"
 
 
+def _connection_options(connect_timeout: float) -> dict[str, Any]:
+    """What every connection of the store passes to libpq beside the DSN."""
+    return {
+        "connect_timeout": max(1, round(connect_timeout)),
+        "keepalives": 1,
+        "keepalives_idle": KEEPALIVES_IDLE,
+        "keepalives_interval": KEEPALIVES_INTERVAL,
+        "keepalives_count": KEEPALIVES_COUNT,
+        "tcp_user_timeout": round(TCP_USER_TIMEOUT * 1000),
+    }
+
+
+def _with_timeouts(dsn: str, statement_timeout: float) -> str:
+    """
+    *dsn* with the server-side timeouts of the store's sessions in its
+    ``options``, before those the DSN gives itself, which win.
+    """
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    ours = (f"-c statement_timeout={round(statement_timeout * 1000)}"
+            f" -c idle_in_transaction_session_timeout="
+            f"{round(IDLE_IN_TRANSACTION_TIMEOUT * 1000)}")
+    theirs = conninfo_to_dict(dsn).get("options")
+    return make_conninfo(dsn, options=f"{ours} {theirs}" if theirs else ours)
+
+
 def _connect(dsn: str, connect_timeout: float) -> Any:
     psycopg, _ = _driver()
     try:
-        return psycopg.connect(dsn, autocommit=True,
-                               connect_timeout=max(1, round(connect_timeout)))
+        return psycopg.connect(dsn, autocommit=True, **_connection_options(connect_timeout))
     except psycopg.OperationalError as error:
         raise StoreUnavailable(f"cannot connect to the PostgreSQL database"
                                f" ({describe_dsn(dsn)}): {str(error).strip()}") from None
@@ -256,13 +302,18 @@ class PostgresQueueStore:
         use them.
     :param lease: seconds a claim and a renewal lease an entry for, in
         place of what the queue runner asks; ``None`` for what it asks.
-    :param node: this node's id in leases; by default ``hostname:pid``.
-        A node that restarts with the same id takes its own leases back at
-        :meth:`recover`.
+    :param node: this node's id in leases, unique among the processes
+        running at once; by default ``hostname:pid``. A node that restarts
+        with the same id takes its own leases back at :meth:`recover`; with
+        the default, which changes with each start, the entries a crashed
+        node was delivering wait for their leases to run out.
     :param chunk_size: octets of message data per chunk.
     :param orphan_age: seconds after which the chunks of a message that was
         never sealed are deleted.
     :param connect_timeout: seconds to wait for a connection.
+    :param statement_timeout: seconds the database lets one statement run
+        before it cancels it (the operation then fails with
+        :class:`StoreUnavailable`).
     :param random: the random source of queue ids.
     :param high_water: octets a writer holds before it pauses its producer.
     """
@@ -279,6 +330,7 @@ class PostgresQueueStore:
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         random: RandomSource | None = None,
         high_water: int = DEFAULT_HIGH_WATER,
+        statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT,
     ) -> None:
         self._psycopg, self._psycopg_pool = _driver()
         if pool_size < 1:
@@ -292,6 +344,7 @@ class PostgresQueueStore:
         self.chunk_size = chunk_size
         self.orphan_age = orphan_age
         self.connect_timeout = connect_timeout
+        self.statement_timeout = statement_timeout
         self.high_water = max(high_water, 2 * chunk_size)
         self._reactor = reactor
         self._random: RandomSource = random if random is not None else _system_random()
@@ -384,8 +437,10 @@ class PostgresQueueStore:
         Lease up to *limit* due entries to this node, taking new mail
         (first in, first out) and due mail (the longest due first) in turn.
         Rows that another node is claiming or changing at the same moment
-        are skipped (``SKIP LOCKED``). An entry whose envelope cannot be
-        read is set aside in ``corrupt``.
+        are skipped (``SKIP LOCKED``), and so are those this store is still
+        delivering, even once their lease ran out: another node may take
+        those over, not this one. An entry whose envelope cannot be read is
+        set aside in ``corrupt``.
         """
         if limit <= 0:
             return defer.succeed([])
@@ -401,7 +456,8 @@ class PostgresQueueStore:
 
         token = uuid.uuid4().hex
         return self._run(
-            self._claim, now, limit, now + lease, token, self._incoming_first
+            self._claim, now, limit, now + lease, token, self._incoming_first,
+            list(self._tokens),
         ).addCallback(claimed)
 
     def renew(self, queue_id: str, lease: float) -> Deferred[None]:
@@ -415,22 +471,28 @@ class PostgresQueueStore:
         """
         lease = self.lease if self.lease is not None else lease
         until = self._reactor.seconds() + lease
-        return self._run(self._renew, queue_id, self._tokens.get(queue_id), until)
+        token = self._tokens.get(queue_id)
+        return self._run(self._renew, queue_id, token, until).addErrback(
+            self._attempt_ended, queue_id, token)
 
     def record(self, entry: QueueEntry) -> Deferred[None]:
         """
         Store the delivery state of *entry*, or delete the entry and its
-        message when it is done; fires after the commit. Fails with
-        :class:`~mailframe.stores.LeaseLost` when another claim took the
-        entry over meanwhile: that node delivers it again.
+        message when it is done; fires after the commit. Only the claim
+        that holds the entry may record: this fails with
+        :class:`~mailframe.stores.LeaseLost` when the lease was lost
+        meanwhile, to another node's claim (even one that has ended since)
+        or to an operator's change, and the entry is delivered again.
         """
         queue_id = entry.queue_id
+        token = self._tokens.get(queue_id)
 
         def recorded(_: None) -> None:
             if entry.done:
-                self._tokens.pop(queue_id, None)
+                self._drop_token(queue_id, token)
 
-        return self._run(self._record, entry, self._tokens.get(queue_id)).addCallback(recorded)
+        return self._run(self._record, entry, token).addCallbacks(
+            recorded, self._attempt_ended, errbackArgs=(queue_id, token))
 
     def reschedule(self, queue_id: str, when: float, reason: str) -> Deferred[None]:
         """
@@ -489,7 +551,12 @@ class PostgresQueueStore:
     # -- beyond the interface ------------------------------------------------
 
     def stop(self) -> Deferred[None]:
-        """Stop listening and sweeping, wait for operations, and close the connections."""
+        """
+        Stop listening and sweeping, wait for operations, and close the
+        connections. Whoever uses the store stops it: a
+        :class:`~mailframe.services.mta.MailService` does, last. A store
+        still running when the reactor has shut down is stopped then.
+        """
         if self._stopped:
             return defer.succeed(None)
         self._stopped = True
@@ -553,9 +620,49 @@ class PostgresQueueStore:
             self._threads = ThreadPool(minthreads=0, maxthreads=self.pool_size,
                                        name="mailframe-postgres")
             self._threads.start()
+            # A safety net for a store that nobody stops, such as that of a
+            # ``mailframe queue`` command. It runs after the "before"
+            # phase, in which twistd stops the services: a MailService
+            # stops its store itself, last, once the grace period for
+            # connected sessions and the queue runner are over, and the
+            # store must serve them until then.
             self._shutdown_trigger = self._reactor.addSystemEventTrigger(
-                "before", "shutdown", self.stop)
+                "after", "shutdown", self._stop_at_shutdown)
         return self._threads
+
+    def _stop_at_shutdown(self) -> None:
+        """
+        Stop at once, blocking, after the reactor has stopped: wait for the
+        threads' operations, then close the connections. Their results are
+        not delivered any more.
+        """
+        self._shutdown_trigger = None
+        if self._stopped:
+            return
+        self._stopped = True
+        self._stop_listening.set()
+        if self._sweep is not None and self._sweep.active():
+            self._sweep.cancel()
+        self._sweep = None
+        threads, self._threads = self._threads, None
+        if threads is not None:
+            threads.stop()
+        self._close_pool()
+
+    def _attempt_ended(self, failure: Failure, queue_id: str, token: str | None) -> Failure:
+        """
+        Forget the claim of *queue_id* once a renewal or a record fails in
+        a way that ends the delivery attempt: its lease is lost, the entry
+        is gone, or the database is unavailable (the queue runner gives the
+        attempt up; the entry is claimed again once its lease runs out).
+        """
+        if failure.check(LeaseLost, NoSuchEntry, StoreUnavailable):
+            self._drop_token(queue_id, token)
+        return failure
+
+    def _drop_token(self, queue_id: str, token: str | None) -> None:
+        if token is not None and self._tokens.get(queue_id) == token:
+            del self._tokens[queue_id]
 
     def _changing(self, d: Deferred[_T]) -> Deferred[_T]:
         def changed(result: _T) -> _T:
@@ -604,9 +711,9 @@ class PostgresQueueStore:
                 return self._pool
             pool_module = self._psycopg_pool
             pool: ConnectionPool[Any] = pool_module.ConnectionPool(
-                self.dsn, min_size=1, max_size=self.pool_size, open=False,
-                timeout=self.connect_timeout, name="mailframe",
-                kwargs={"connect_timeout": max(1, round(self.connect_timeout))},
+                _with_timeouts(self.dsn, self.statement_timeout), min_size=1,
+                max_size=self.pool_size, open=False, timeout=self.connect_timeout,
+                name="mailframe", kwargs=_connection_options(self.connect_timeout),
                 check=pool_module.ConnectionPool.check_connection,
             )
             try:
@@ -630,17 +737,31 @@ class PostgresQueueStore:
         pool = self._open_pool()
         try:
             with pool.connection() as conn:
-                if not self._schema_checked:
-                    problem = mismatch_message(current_version(conn))
-                    if problem is not None:
-                        raise SchemaMismatch(problem)
-                    self._schema_checked = True
-                return f(conn, *args)
+                try:
+                    if not self._schema_checked:
+                        problem = mismatch_message(current_version(conn))
+                        if problem is not None:
+                            raise SchemaMismatch(problem)
+                        self._schema_checked = True
+                    return f(conn, *args)
+                except psycopg.DatabaseError as error:
+                    if _cannot_write_now(error):
+                        # The pool replaces it: its next connection may
+                        # reach the new primary after a failover.
+                        conn.close()
+                    raise
         except (psycopg.OperationalError, psycopg.InterfaceError,
                 self._psycopg_pool.PoolTimeout) as error:
             raise StoreUnavailable(
                 f"the PostgreSQL database ({describe_dsn(self.dsn)}) is unavailable:"
                 f" {error}") from error
+        except psycopg.DatabaseError as error:
+            if not _cannot_write_now(error):
+                # A programming error, a constraint: a bug to see, not an outage.
+                raise
+            raise StoreUnavailable(
+                f"the PostgreSQL database ({describe_dsn(self.dsn)}) cannot take writes"
+                f" now: {error}") from error
 
     def _recover(self, conn: psycopg.Connection[Any], now: float) -> tuple[int, int, int, float]:
         skew = now - float(_scalar(conn, "SELECT extract(epoch FROM clock_timestamp())::float8"))
@@ -676,7 +797,7 @@ class PostgresQueueStore:
 
     def _claim(
         self, conn: psycopg.Connection[Any], now: float, limit: int, until: float, token: str,
-        incoming_first: bool,
+        incoming_first: bool, in_flight: Sequence[str],
     ) -> _Claim:
         incoming = [row[0] for row in conn.execute(
             "SELECT queue_id FROM mailframe_entries WHERE state = 'incoming'"
@@ -685,10 +806,13 @@ class PostgresQueueStore:
             "SELECT next_attempt, queue_id FROM mailframe_entries WHERE state = 'deferred'"
             " AND next_attempt <= %s ORDER BY next_attempt LIMIT %s FOR UPDATE SKIP LOCKED",
             (now, limit)).fetchall()
+        # Not those this store is still delivering: their leases ran out,
+        # but taking them again would run two deliveries under one claim.
         expired = conn.execute(
             "SELECT lease_until, queue_id FROM mailframe_entries WHERE state = 'active'"
-            " AND lease_until <= %s ORDER BY lease_until LIMIT %s FOR UPDATE SKIP LOCKED",
-            (now, limit)).fetchall()
+            " AND lease_until <= %s AND (lease_owner IS DISTINCT FROM %s"
+            " OR queue_id <> ALL(%s)) ORDER BY lease_until LIMIT %s FOR UPDATE SKIP LOCKED",
+            (now, self.node, in_flight, limit)).fetchall()
         due = [queue_id for _, queue_id in sorted(deferred + expired)]
         taken: list[str] = []
         while len(taken) < limit and (incoming or due):
@@ -739,9 +863,10 @@ class PostgresQueueStore:
             raise NoSuchEntry(queue_id)
         stored = _entry(row[:6])
         check_recipients(stored, entry)
-        held_by = row[6]
-        if held_by is not None and held_by != token:
-            # Another claim took the entry over; its node delivers it.
+        if token is None or row[6] != token:
+            # Another claim took the entry over (and may have ended its
+            # lease since), or an operator changed it: what this attempt
+            # learnt must not overwrite what came after it.
             raise LeaseLost(queue_id)
         if entry.done:
             _remove(conn, queue_id)
@@ -855,7 +980,7 @@ class PostgresQueueStore:
         while not self._stop_listening.is_set():
             try:
                 with psycopg.connect(self.dsn, autocommit=True,
-                                     connect_timeout=max(1, round(self.connect_timeout))) as conn:
+                                     **_connection_options(self.connect_timeout)) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     self._listening.set()
                     backoff = 0.5
@@ -884,6 +1009,21 @@ class PostgresQueueStore:
         except Exception:
             with self._wake_lock:
                 self._wake_pending = False
+
+
+#: SQLSTATEs, beside those of ``OperationalError``, that say the database
+#: cannot take the store's writes now rather than that the store is wrong: a
+#: read-only transaction (a standby, after a failover), a session ended by
+#: a timeout, and the server's internal errors (class XX).
+_UNAVAILABLE_STATES = frozenset({"25006", "25P03", "25P04"})
+
+
+def _cannot_write_now(error: BaseException) -> bool:
+    """Whether *error*, of psycopg, means an outage of the database, not a bug."""
+    sqlstate = getattr(error, "sqlstate", None)
+    if sqlstate is None:
+        return False
+    return sqlstate in _UNAVAILABLE_STATES or sqlstate.startswith("XX")
 
 
 def _system_random() -> RandomSource:
@@ -1163,13 +1303,15 @@ class _PostgresWriter(GatedWriter):
         conn.execute(f"NOTIFY {CHANNEL}")
 
     def _remove_chunks(self, conn: psycopg.Connection[Any]) -> None:
+        # The upload row first: its lock waits for a seal of this message
+        # still under way (one whose answer was lost), which deletes it.
+        conn.execute("DELETE FROM mailframe_uploads WHERE queue_id = %s", (self.queue_id,))
         # A commit whose COMMIT went through but whose answer was lost made
         # an entry: its chunks stay (its client heard 451, and may send it
         # again: a duplicate, not a loss).
         conn.execute("DELETE FROM mailframe_chunks WHERE queue_id = %s AND NOT EXISTS"
                      " (SELECT 1 FROM mailframe_entries WHERE queue_id = %s)",
                      (self.queue_id, self.queue_id))
-        conn.execute("DELETE FROM mailframe_uploads WHERE queue_id = %s", (self.queue_id,))
 
 
 def _build_postgres(settings: Any, context: Any) -> PostgresQueueStore:
@@ -1189,6 +1331,7 @@ def _build_postgres(settings: Any, context: Any) -> PostgresQueueStore:
         orphan_age=settings["orphan_age"],
         connect_timeout=settings["connect_timeout"],
         random=context.random,
+        statement_timeout=settings["statement_timeout"],
     )
 
 
@@ -1217,9 +1360,12 @@ postgres_maker = ComponentMaker(
         ),
         "node": Setting(
             "string", "",
-            "This node's id in leases (default: hostname:pid). A node that restarts"
-            " with the same id takes back its own leases at once. Worker processes"
-            " (--workers) add /worker-SLOT to it (default: hostname/worker-SLOT).",
+            "This node's id in leases, unique among the running processes (default:"
+            " hostname:pid). A node that restarts with the same id takes back its own"
+            " leases at once; with the default, a crashed node's entries wait for their"
+            " leases to run out. Worker processes (--workers) add /worker-SLOT to it"
+            " (default: hostname/worker-SLOT), so a restarted worker takes back its"
+            " predecessor's leases at once.",
         ),
         "chunk_size": Setting(
             "integer", DEFAULT_CHUNK_SIZE,
@@ -1235,6 +1381,12 @@ postgres_maker = ComponentMaker(
             "duration", DEFAULT_CONNECT_TIMEOUT,
             "How long an operation waits for a database connection before it fails"
             " (new mail then gets 451 4.3.0).", minimum=0.1,
+        ),
+        "statement_timeout": Setting(
+            "duration", DEFAULT_STATEMENT_TIMEOUT,
+            "How long the database lets one statement of the store run before it"
+            " cancels it: far above the longest the store needs, so that only a stuck"
+            " one fails.", minimum=1,
         ),
     },
 )

@@ -170,6 +170,53 @@ def test_database_lost_and_back(tmp_path: pathlib.Path) -> None:
     assert "451" in server.log() or "Could not commit" in server.log()
 
 
+def test_sigterm_lets_a_message_under_way_finish(tmp_path: pathlib.Path) -> None:
+    """
+    On SIGTERM the store serves the sessions through their grace period:
+    a final dot sent after the signal is sealed and gets its 250, and the
+    process then exits in order.
+    """
+    import signal
+
+    from tests.interop.conftest import RawSMTP, assert_orderly_exit
+    from tests.stores.test_postgres import _rows
+
+    dsn = postgres().new_database()
+    config = write_config(tmp_path, dsn)
+    config.write_text("shutdown_grace = 3.0\n" + config.read_text())
+    server = start(tmp_path, config, ["--hold"])
+    try:
+        with RawSMTP(server.port) as sender:
+            assert sender.reply()[0] == 220
+            assert sender.command(b"EHLO shut.example")[0] == 250
+            assert sender.command(b"MAIL FROM:<sender@example.org>")[0] == 250
+            assert sender.command(b"RCPT TO:<alice@example.com>")[0] == 250
+            assert sender.command(b"DATA")[0] == 354
+            sender.send(b"Subject: during shutdown\r\n\r\nsent before SIGTERM,\r\n")
+            server.process.send_signal(signal.SIGTERM)
+            # The listener closes first; the store stays for the sessions.
+            wait_until(lambda: _closed(server.port), 10, "the listener to close")
+            time.sleep(0.5)
+            code, text = sender.command(b"and finished after it.\r\n.")
+            assert code == 250, text
+        queue_id = text.split()[-1].decode()
+        server.process.wait(30)
+        assert_orderly_exit(server)
+    finally:
+        server.stop()
+    assert _rows(dsn, "SELECT queue_id, state FROM mailframe_entries") == [(queue_id, "hold")]
+
+
+def _closed(port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
 def _fails_to_start(root: pathlib.Path, config: pathlib.Path) -> str:
     process, _, log_path = launch(root, config)
     try:

@@ -29,8 +29,24 @@ def make_store(testcase: TestCase, dsn: str, **options: Any) -> PostgresQueueSto
 
 class PostgresContractTests(QueueStoreContract, TestCase):
     def make_store(self) -> Deferred[PostgresQueueStore]:
-        store = make_store(self, postgres().new_database(), pool_size=3)
+        self.dsn = postgres().new_database()
+        store = make_store(self, self.dsn, pool_size=3)
         return store.recover().addCallback(lambda _: store)
+
+    @inlineCallbacks
+    def test_claim_respects_lease(self) -> _Test:
+        """
+        As in the contract, except who claims once the lease ran out:
+        another node, not the one that still delivers the entry.
+        """
+        store = yield self._store()
+        queue_id = yield self._commit(store)
+        self.assertEqual(self._ids((yield store.claim(self.now, 10, 60))), [queue_id])
+        other = make_store(self, self.dsn, node="other")
+        self.assertEqual((yield other.claim(self.now + 30, 10, 60)), [])
+        self.assertEqual((yield store.claim(self.now + 61, 10, 60)), [])
+        again = yield other.claim(self.now + 61, 10, 60)
+        self.assertEqual(self._ids(again), [queue_id])
 
 
 def _envelope() -> Any:
@@ -182,6 +198,40 @@ class PostgresStoreTests(TestCase):
         self.assertEqual(_rows(self.dsn, "SELECT count(*) FROM mailframe_uploads"), [(0,)])
 
     @inlineCallbacks
+    def test_removing_chunks_waits_for_a_seal_under_way(self) -> _Test:
+        """
+        A writer whose commit failed (its answer lost, say) removes its
+        chunks while the sealing transaction may still be running in the
+        database: the removal waits for it, and keeps the chunks of the
+        entry it made.
+        """
+        import psycopg
+        from twisted.internet.task import deferLater
+
+        from mailframe.envelope import EntryState, QueueEntry
+
+        store = self.store(chunk_size=1024)
+        yield store.recover()
+        writer = store.open_writer()
+        writer.write(b"x" * 3000)
+        yield store.wait_idle()
+        entry = QueueEntry.new(writer.queue_id, _envelope(), reactor.seconds(), 2048,
+                               EntryState.INCOMING)
+        sealing = psycopg.connect(self.dsn)
+        self.addCleanup(sealing.close)
+        writer._seal(sealing, entry, b"", 2, 2)
+        removed = store._run(writer._remove_chunks)
+        yield deferLater(reactor, 0.5, lambda: None)
+        self.assertFalse(removed.called, "the removal did not wait for the seal")
+        sealing.commit()
+        yield removed
+        f = yield store.open_message(writer.queue_id)
+        try:
+            self.assertEqual(f.read(), b"x" * 2048)
+        finally:
+            f.close()
+
+    @inlineCallbacks
     def test_expired_lease_is_taken_over_by_another_node(self) -> _Test:
         first = self.store(node="first", lease=60.0)
         second = self.store(node="second", lease=60.0)
@@ -208,6 +258,74 @@ class PostgresStoreTests(TestCase):
         entry = yield second.get(queue_id)
         self.assertEqual(entry.state.value, "active")
         yield second.renew(queue_id, 60)
+
+    @inlineCallbacks
+    def test_a_late_record_does_not_overwrite_the_next_claim(self) -> _Test:
+        """
+        The first node's lease runs out; the second claims the entry,
+        delivers to one recipient and reschedules it, which ends its lease.
+        The first node's record, arriving late, is refused, and the
+        second's outcome stays.
+        """
+        import attrs
+
+        from mailframe.envelope import RecipientState
+        from mailframe.stores import LeaseLost
+
+        first = self.store(node="first", lease=60.0)
+        second = self.store(node="second", lease=60.0)
+        yield first.recover()
+        yield second.recover()
+        queue_id = yield self.commit(first)
+        now = reactor.seconds()
+        (late,) = yield first.claim(now, 10, 60)
+        (taken,) = yield second.claim(now + 61, 10, 60)
+        (alice,) = taken.recipients
+        # Delivered, with a report owed: not done yet.
+        owed = attrs.evolve(alice, state=RecipientState.DELIVERED, report="delivered")
+        yield second.record(attrs.evolve(taken, recipients=(owed,), attempts=1))
+        yield second.reschedule(queue_id, now + 999, "a report is owed")
+        self.assertEqual(_rows(self.dsn, "SELECT state, lease_token FROM mailframe_entries"),
+                         [("deferred", None)])
+        pending = attrs.evolve(alice, attempts=1, next_attempt=now + 300)
+        yield self.assertFailure(
+            first.record(attrs.evolve(late, recipients=(pending,), attempts=1)), LeaseLost)
+        entry = yield second.get(queue_id)
+        self.assertEqual(entry.recipients[0].state, RecipientState.DELIVERED)
+        self.assertEqual(entry.recipients[0].report, "delivered")
+
+    @inlineCallbacks
+    def test_a_node_does_not_claim_what_it_still_delivers(self) -> _Test:
+        """
+        A lease that runs out while this node still delivers the entry is
+        left to other nodes; once the attempt ends (here: the database is
+        unavailable for a renewal), this node may claim the entry again.
+        """
+        from mailframe.stores import LeaseLost, StoreUnavailable
+
+        first = self.store(node="first", lease=60.0)
+        yield first.recover()
+        queue_id = yield self.commit(first)
+        now = reactor.seconds()
+        taken = yield first.claim(now, 10, 60)
+        self.assertEqual([e.queue_id for e in taken], [queue_id])
+        self.assertEqual((yield first.claim(now + 61, 10, 60)), [])
+
+        def unavailable(*args: Any) -> None:
+            raise StoreUnavailable("the database is down")
+
+        patched = self.patch(first, "_renew", unavailable)
+        yield self.assertFailure(first.renew(queue_id, 60), StoreUnavailable)
+        patched.restore()
+        again = yield first.claim(now + 61, 10, 60)
+        self.assertEqual([e.queue_id for e in again], [queue_id])
+        # Another node takes it over; this one's lost renewal forgets it.
+        second = self.store(node="second", lease=60.0)
+        yield second.recover()
+        self.assertEqual(len((yield second.claim(now + 122, 10, 60))), 1)
+        yield self.assertFailure(first.renew(queue_id, 60), LeaseLost)
+        self.assertEqual(first._tokens, {})
+        yield self.assertFailure(first.record(again[0]), LeaseLost)
 
     @inlineCallbacks
     def test_recover_leaves_other_nodes_leases(self) -> _Test:
@@ -285,9 +403,137 @@ class PostgresStoreTests(TestCase):
         store = PostgresQueueStore(self.dsn, Skewed(), lease=600.0)
         self.addCleanup(store.stop)
         failure = yield self.assertFailure(store.recover(), ClockSkew)
-        self.assertIn("+3600", str(failure))
+        # Less the time between the two clocks' readings.
+        self.assertRegex(str(failure), r"\+(3599\.\d|3600\.0) s away")
         # Within half a lease, it starts.
         yield self.store(lease=600.0).recover()
+
+    @inlineCallbacks
+    def test_shutdown_leaves_the_store_to_its_service_until_the_end(self) -> _Test:
+        """
+        twistd stops its services in the "before" phase of the reactor's
+        shutdown, and a MailService stops its store last, once its sessions
+        and runner are done: the store serves them through that phase. Only
+        a store that nobody stopped is stopped, after the reactor, blocking.
+        """
+        from mailframe.stores.postgres import StoreUnavailable
+
+        phases: dict[str, list[tuple[str, Any]]] = {"before": [], "during": [], "after": []}
+
+        class Shutting:
+            """The reactor, with shutdown triggers that the test fires."""
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(reactor, name)
+
+            def addSystemEventTrigger(self, phase: str, event: str, f: Any) -> Any:
+                handle = (phase, f)
+                phases[phase].append(handle)
+                return handle
+
+            def removeSystemEventTrigger(self, handle: Any) -> None:
+                phases[handle[0]].remove(handle)
+
+        store = PostgresQueueStore(self.dsn, Shutting(), connect_timeout=3.0)
+        self.addCleanup(store.stop)
+        yield store.recover()
+        for _, trigger in list(phases["before"]) + list(phases["during"]):
+            yield trigger()
+        # Sessions still in DATA, and deliveries, still reach the database.
+        queue_id = yield self.commit(store)
+        claimed = yield store.claim(reactor.seconds(), 10, 60)
+        self.assertEqual([e.queue_id for e in claimed], [queue_id])
+        yield store.record(claimed[0])
+        # A service that stops its store removes the safety net.
+        stopped = PostgresQueueStore(self.dsn, Shutting(), connect_timeout=3.0)
+        yield stopped.get(queue_id)
+        self.assertEqual(len(phases["after"]), 2)
+        yield stopped.stop()
+        self.assertEqual(len(phases["after"]), 1)
+        # Nobody stopped the first one: the reactor's last phase does.
+        for _, trigger in list(phases["after"]):
+            trigger()
+        self.assertIsNone(store._threads)
+        self.assertIsNone(store._pool)
+        yield self.assertFailure(store.get(queue_id), StoreUnavailable)
+
+    @inlineCallbacks
+    def test_connections_have_keepalives_and_timeouts(self) -> _Test:
+        """
+        Every connection of the pool has TCP keepalives and a TCP user
+        timeout, and its session a statement timeout and an idle-in-
+        transaction timeout; options in the DSN are kept, and win.
+        """
+        from mailframe.stores import postgres as module
+
+        dsn = self.dsn + " options='-c lock_timeout=7s -c idle_in_transaction_session_timeout=45s'"
+        store = make_store(self, dsn, statement_timeout=120.0)
+
+        def settings(conn: Any) -> tuple[dict[str, str], list[str]]:
+            shown = [conn.execute(f"SHOW {name}").fetchone()[0] for name in (
+                "statement_timeout", "idle_in_transaction_session_timeout", "lock_timeout")]
+            return conn.info.get_parameters(), shown
+
+        parameters, shown = yield store._run(settings)
+        self.assertEqual(shown, ["2min", "45s", "7s"])
+        self.assertEqual(
+            {key: parameters.get(key) for key in ("keepalives", "keepalives_idle",
+                                                  "keepalives_interval", "keepalives_count",
+                                                  "tcp_user_timeout")},
+            {"keepalives": "1", "keepalives_idle": str(module.KEEPALIVES_IDLE),
+             "keepalives_interval": str(module.KEEPALIVES_INTERVAL),
+             "keepalives_count": str(module.KEEPALIVES_COUNT),
+             "tcp_user_timeout": str(round(module.TCP_USER_TIMEOUT * 1000))})
+        plain = make_store(self, self.dsn)
+        _, shown = yield plain._run(settings)
+        self.assertEqual(shown[:2], ["5min", "1min"])
+
+    @inlineCallbacks
+    def test_a_stuck_statement_is_cancelled(self) -> _Test:
+        """A statement that outlasts the statement timeout fails the operation."""
+        from mailframe.stores.postgres import StoreUnavailable
+
+        store = self.store(statement_timeout=1.0)
+        yield store.recover()
+        failure = yield self.assertFailure(
+            store._run(lambda conn: conn.execute("SELECT pg_sleep(5)")), StoreUnavailable)
+        self.assertIn("statement timeout", str(failure))
+        yield store.stats()
+
+    @inlineCallbacks
+    def test_a_read_only_database_is_unavailable_and_bugs_stay_loud(self) -> _Test:
+        """
+        A database that takes no writes (a standby after a failover) makes
+        operations fail with StoreUnavailable, and its connections are
+        replaced; once it takes writes again, so does the store. A
+        programming error is not taken for an outage.
+        """
+        import psycopg
+
+        from mailframe.stores.postgres import StoreUnavailable
+
+        store = self.store(pool_size=1)
+        yield store.recover()
+        database = self.dsn.split("dbname=")[1]
+        postgres().execute(f"ALTER DATABASE {database} SET default_transaction_read_only = on")
+        # The pool's connection predates the change: it still writes.
+        yield self.commit(store)
+        yield store._run(lambda conn: conn.close())
+        failure = yield self.assertFailure(self.commit(store), StoreUnavailable)
+        self.assertIn("read-only transaction", str(failure))
+        postgres().execute(f"ALTER DATABASE {database} RESET default_transaction_read_only")
+        # Each failure closed its connection (the pool, of one, may have
+        # opened the next before the reset): a later one takes writes.
+        for attempt in range(3):
+            try:
+                yield self.commit(store)
+                break
+            except StoreUnavailable:
+                if attempt == 2:
+                    raise
+        yield self.assertFailure(store._run(lambda conn: conn.execute("SELEC 1")),
+                                 psycopg.ProgrammingError)
+        self.assertEqual(len((yield store.list())), 2)
 
     @inlineCallbacks
     def test_schema_missing_or_newer_is_refused(self) -> _Test:
