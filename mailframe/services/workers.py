@@ -582,8 +582,20 @@ class WorkerSupervisor(Service):
         assert self._board_fd is not None
         child_fds[board] = self._board_fd
         worker = _Worker(self, slot, self._reactor.seconds())
+        try:
+            self._reactor.spawnProcess(worker, argv[0], argv, env=self._env, childFDs=child_fds)
+        except Exception:
+            # No process, so no processEnded: retry as after a quick death,
+            # or the slot (and the mail claimed in it) would stay dead.
+            quick = self._quick.get(slot, 0) + 1
+            self._quick[slot] = quick
+            delay = restart_delay(quick)
+            _log.failure("Could not start worker {slot}; trying again in {delay:.1f} s",
+                         slot=slot, delay=delay)
+            if self.running and not self._stopping:
+                self._pending[slot] = self._reactor.callLater(delay, self._spawn, slot)
+            return
         self.workers[slot] = worker
-        self._reactor.spawnProcess(worker, argv[0], argv, env=self._env, childFDs=child_fds)
         _log.info("Started worker {slot} as pid {pid}", slot=slot, pid=worker.pid)
 
     def _ended(self, worker: _Worker, reason: Failure) -> None:

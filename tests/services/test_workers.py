@@ -191,6 +191,32 @@ class SupervisorTests(TestCase):
         self.assertEqual(supervisor.board.counts(), [-1, -1, -1])
         self.assertEqual(supervisor.pids(), {"1": 1001, "2": 1002, "3": 1003})
 
+    def test_a_worker_that_cannot_be_started_is_tried_again(self) -> None:
+        """
+        A failed fork (no process, so no processEnded) neither leaves the
+        slot dead nor keeps the supervisor from stopping.
+        """
+        spawn = self.reactor.spawnProcess
+        failures = [OSError(errno.EAGAIN, "fork")]
+
+        def failing(*args: Any, **kwargs: Any) -> FakeProcess:
+            if failures:
+                raise failures.pop()
+            return spawn(*args, **kwargs)
+
+        self.reactor.spawnProcess = failing  # type: ignore[method-assign]
+        events = capture_log(self)
+        supervisor = self.started(2)
+        self.assertEqual(sorted(supervisor.pids()), ["2"])
+        self.assertTrue(any(e.get("log_failure") is not None for e in events))
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.reactor.advance(restart_delay(1))
+        self.assertEqual(sorted(supervisor.pids()), ["1", "2"])
+        stopped = supervisor.stopService()
+        for index in range(len(self.reactor.spawned)):
+            self.reactor.end(index, exited(0))
+        self.successResultOf(stopped)
+
     def test_no_worker_when_recovery_fails(self) -> None:
         supervisor = self.supervisor()
         supervisor.privilegedStartService()
