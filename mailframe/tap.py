@@ -140,7 +140,10 @@ class Options(usage.Options):
 _WORKER = re.compile(r"(\d{1,4}):(\d+(?:,\d+)*)@(\d+)\Z")
 #: What a worker runs: twistd, as the ``twistd`` script does, in a session
 #: of its own (see :func:`worker_command`).
-_TWISTD = "import os; os.setsid(); from twisted.scripts.twistd import run; run()"
+# A worker ignores SIGHUP until twistd installs its own handler (the
+# supervisor passes every SIGHUP on, also to a worker still starting).
+_TWISTD = ("import os, signal; signal.signal(signal.SIGHUP, signal.SIG_IGN); os.setsid();"
+           " from twisted.scripts.twistd import run; run()")
 
 
 def _worker_option(value: str) -> tuple[str, list[int], int]:
