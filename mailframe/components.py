@@ -270,7 +270,10 @@ class ComponentMaker:
     :ivar durable: for stores: whether the store keeps mail across a crash.
         A store that does not starts only with ``--unsafe-store``.
     :ivar shared: for stores: whether worker processes (``--workers``) can
-        share the store; one that lives in a process's memory cannot.
+        share the store. Each worker recovers only what is its own (see
+        :attr:`ComponentContext.worker <mailframe.config.ComponentContext>`),
+        so a store must say that it can; one that lives in a process's
+        memory cannot.
     """
 
     kind: str = attrs.field(validator=_check_kind)
@@ -279,7 +282,7 @@ class ComponentMaker:
     factory: Callable[[Mapping[str, Any], Any], Any] = attrs.field(repr=False)
     schema: Mapping[str, Setting] = attrs.field(factory=dict)
     durable: bool = True
-    shared: bool = True
+    shared: bool = False
 
     def check(self, settings: Mapping[str, Any]) -> dict[str, Any]:
         """The checked settings; see :func:`check_settings`."""

@@ -156,9 +156,12 @@ def build_mail_service(
                               config.line_of("store"))
         log.warn("The {store} store is not durable: queued mail is lost when mailframe"
                  " stops", store=config.store)
-    if config.workers > 1 and not getattr(maker, "shared", True):
-        raise ConfigError("workers", f"the {config.store} store lives in one process; worker"
-                                     " processes cannot share it", config.line_of("workers"))
+    if config.workers > 1 and not getattr(maker, "shared", False):
+        # Each worker would recover the whole store, taking back what its
+        # siblings are delivering: a store must say that it can be shared.
+        raise ConfigError("workers", f"the {config.store} store cannot be shared by worker"
+                                     " processes (its plugin does not declare shared=True)",
+                          config.line_of("workers"))
     store = components.get("store", config.store)
     components.context = attrs.evolve(components.context, store=store)
     router = components.get("router", config.router)

@@ -435,6 +435,19 @@ def test_plugin_whose_factory_raises(tmp_path: pathlib.Path) -> None:
     assert isinstance(caught.value.__cause__, RuntimeError)
 
 
+def test_a_store_is_not_shared_by_workers_unless_it_says_so(tmp_path: pathlib.Path) -> None:
+    def build(settings: Mapping[str, Any], context: Any) -> Any:
+        raise AssertionError("built although worker processes cannot share it")
+
+    maker = ComponentMaker("store", "vault", "Keeps mail in a vault", build)
+    config = _config(tmp_path, 'store = "vault"\nworkers = 2\n')
+    with pytest.raises(ConfigError) as caught:
+        compose.build_mail_service(config, PoolReactor(), max_connections=10,
+                                   registry=_registry(maker))
+    assert (caught.value.key, caught.value.line) == ("workers", 3)
+    assert "vault" in caught.value.message and "shared=True" in caught.value.message
+
+
 def test_bad_setting_found_when_building(tmp_path: pathlib.Path) -> None:
     config = _config(tmp_path, 'router = "acme"\n[plugins.acme]\ndirectory = 7\n')
     with pytest.raises(ConfigError) as caught:

@@ -135,4 +135,5 @@ discard_maker = ComponentMaker(
     description="Throws every message away once received: for benchmarks only",
     factory=_build,
     durable=False,
+    shared=True,
 )

@@ -1341,6 +1341,7 @@ postgres_maker = ComponentMaker(
     name="postgres",
     description="Durable queue in PostgreSQL (dsn), shared by several nodes",
     factory=_build_postgres,
+    shared=True,
     schema={
         "dsn": Setting(
             "string", None,

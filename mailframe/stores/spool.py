@@ -1656,6 +1656,7 @@ spool_maker = ComponentMaker(
     name="spool",
     description="Durable queue in a local directory (queue_dir), one file per message",
     factory=_build_spool,
+    shared=True,
     schema={
         "min_free": Setting(
             "integer", DEFAULT_MIN_FREE,
