@@ -6,11 +6,18 @@ connection stays bounded whatever the message size.
 
 from __future__ import annotations
 
-from typing import cast
+import enum
+from collections.abc import Callable
+from typing import TypeVar, cast
 
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IPullProducer, IPushProducer, IReactorTime
+from twisted.python.failure import Failure
 
-__all__ = ["DEFAULT_HIGH_WATER", "GatedWriter", "ProducerGate"]
+__all__ = ["DEFAULT_HIGH_WATER", "GatedWriter", "ProducerGate", "WriterState", "then"]
+
+_T = TypeVar("_T")
 
 #: Octets a writer may hold before it pauses its producer.
 DEFAULT_HIGH_WATER = 1024 * 1024
@@ -95,14 +102,79 @@ class ProducerGate:
             self._puller.resumeProducing()
 
 
+class WriterState(enum.Enum):
+    """Where a queue writer is in its life."""
+
+    OPEN = "open"
+    COMMITTING = "committing"
+    COMMITTED = "committed"
+    FAILED = "failed"
+    ABORTED = "aborted"
+
+
+def then(
+    tail: Deferred[None] | None, op: Callable[[], Deferred[_T]]
+) -> tuple[Deferred[None], Deferred[_T]]:
+    """
+    Run *op* once *tail* fires. Return the new tail, which fires (always
+    with ``None``) when *op* is done, and a Deferred of *op*'s own outcome.
+    """
+    outcome: Deferred[_T] = Deferred()
+
+    def relay(result: _T | Failure) -> None:
+        if isinstance(result, Failure):
+            outcome.errback(result)
+        else:
+            outcome.callback(result)
+
+    def run(_: object) -> Deferred[None]:
+        d: Deferred[_T] = defer.maybeDeferred(op)
+        return d.addBoth(relay)
+
+    if tail is None:
+        return run(None), outcome
+    return tail.addCallback(run), outcome
+
+
 class GatedWriter:
     """
-    The producer half of a queue writer: a registered producer is paused
-    and resumed by the writer's :class:`ProducerGate` (set by the subclass
-    as ``_gate``).
+    What the queue writers share: a registered producer is paused and
+    resumed by the writer's :class:`ProducerGate` (set by the subclass as
+    ``_gate``); the writer's jobs run one after another (``_tail``); and
+    :meth:`_take_in` accounts for each write.
     """
 
+    queue_id: str
     _gate: ProducerGate
+    _state: WriterState
+    _tail: Deferred[None]
+    _buffer: list[bytes]
+    _buffered: int
+    _size: int
+
+    def _take_in(self, data: bytes) -> bool:
+        """
+        Buffer *data* and count it against the gate; ``False`` when there
+        is nothing to take: no data, or the writer was aborted or failed
+        (a write error is reported by ``commit``).
+        """
+        if self._state in (WriterState.ABORTED, WriterState.FAILED):
+            return False
+        if self._state is not WriterState.OPEN:
+            raise RuntimeError(f"write() after commit() of {self.queue_id}")
+        if not data:
+            return False
+        data = bytes(data)
+        self._buffer.append(data)
+        self._buffered += len(data)
+        self._size += len(data)
+        self._gate.add(len(data))
+        return True
+
+    def _chain(self, op: Callable[[], Deferred[_T]]) -> Deferred[_T]:
+        """Run *op* after the writer's earlier jobs."""
+        self._tail, outcome = then(self._tail, op)
+        return outcome
 
     @property
     def paused(self) -> bool:

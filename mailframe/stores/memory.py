@@ -6,7 +6,6 @@ that may lose its queue when it stops.
 from __future__ import annotations
 
 import bisect
-import enum
 import io
 import random as _random
 from collections.abc import Callable
@@ -23,17 +22,11 @@ from mailframe.interfaces import IQueueStore, IQueueWriter
 from mailframe.stores._errors import EntryStateError, NoSuchEntry, check_recipients
 from mailframe.stores._ids import RandomSource, new_queue_id
 from mailframe.stores._index import QueueIndex
-from mailframe.stores._pressure import DEFAULT_HIGH_WATER, GatedWriter, ProducerGate
+from mailframe.stores._pressure import DEFAULT_HIGH_WATER, GatedWriter, ProducerGate, WriterState
 
 __all__ = ["MemoryQueueStore"]
 
 _Entries = list[QueueEntry]
-
-
-class _Writing(enum.Enum):
-    OPEN = "open"
-    COMMITTED = "committed"
-    ABORTED = "aborted"
 
 
 @implementer(IQueueStore)
@@ -273,15 +266,15 @@ class _MemoryWriter(GatedWriter):
     def __init__(self, store: MemoryQueueStore, queue_id: str) -> None:
         self.queue_id = queue_id
         self._store = store
-        self._state = _Writing.OPEN
+        self._state = WriterState.OPEN
         self._chunks: list[bytes] = []
         self._held: list[bytes] = []
         self._gate = ProducerGate(store._clock, store._high_water)
 
     def write(self, data: bytes) -> None:
-        if self._state is _Writing.ABORTED:
+        if self._state is WriterState.ABORTED:
             return
-        if self._state is not _Writing.OPEN:
+        if self._state is not WriterState.OPEN:
             raise RuntimeError(f"write() after commit() of {self.queue_id}")
         data = bytes(data)
         if self._store.paused_writes:
@@ -298,7 +291,7 @@ class _MemoryWriter(GatedWriter):
         return defer.succeed(io.BytesIO(b"".join(self._chunks)))
 
     def commit(self, envelope: Envelope, hold: str | None = None) -> defer.Deferred[str]:
-        if self._state is not _Writing.OPEN:
+        if self._state is not WriterState.OPEN:
             state = self._state.value
             return defer.fail(RuntimeError(f"commit() of {self.queue_id}, which is {state}"))
         if not envelope.recipients:
@@ -306,7 +299,7 @@ class _MemoryWriter(GatedWriter):
         self._drain()
         message = b"".join(self._chunks)
         self._chunks = []
-        self._state = _Writing.COMMITTED
+        self._state = WriterState.COMMITTED
         entry = QueueEntry.new(
             self.queue_id,
             envelope,
@@ -320,8 +313,8 @@ class _MemoryWriter(GatedWriter):
         return defer.succeed(self.queue_id)
 
     def abort(self) -> None:
-        if self._state is _Writing.OPEN:
-            self._state = _Writing.ABORTED
+        if self._state is WriterState.OPEN:
+            self._state = WriterState.ABORTED
             self._gate.done(sum(len(c) for c in self._held))
             self._chunks = self._held = []
             self._store._forget(self.queue_id)

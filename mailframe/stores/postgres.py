@@ -39,7 +39,6 @@ plugins`` lists the store without it.
 
 from __future__ import annotations
 
-import enum
 import os
 import socket
 import tempfile
@@ -75,9 +74,13 @@ from mailframe.stores._pgschema import (
     mismatch_message,
     upgrade_blocking,
 )
-from mailframe.stores._pressure import DEFAULT_HIGH_WATER, GatedWriter, ProducerGate
+from mailframe.stores._pressure import (
+    DEFAULT_HIGH_WATER,
+    GatedWriter,
+    ProducerGate,
+    WriterState,
+)
 from mailframe.stores._serialize import CorruptEntryError, entry_from_json, entry_to_json
-from mailframe.stores.spool import _then
 
 if TYPE_CHECKING:
     import psycopg
@@ -1101,14 +1104,6 @@ def _read_chunks(conn: psycopg.Connection[Any], queue_id: str, count: int) -> Bi
     return cast(BinaryIO, file)
 
 
-class _Writing(enum.Enum):
-    OPEN = "open"
-    COMMITTING = "committing"
-    COMMITTED = "committed"
-    FAILED = "failed"
-    ABORTED = "aborted"
-
-
 @implementer(IQueueWriter)
 class _PostgresWriter(GatedWriter):
     """
@@ -1126,7 +1121,7 @@ class _PostgresWriter(GatedWriter):
     def __init__(self, store: PostgresQueueStore, queue_id: str) -> None:
         self.queue_id = queue_id
         self._store = store
-        self._state = _Writing.OPEN
+        self._state = WriterState.OPEN
         self._buffer: list[bytes] = []
         self._buffered = 0
         self._size = 0
@@ -1140,17 +1135,8 @@ class _PostgresWriter(GatedWriter):
         Append *data*. A write error is kept and reported by :meth:`commit`;
         writes after :meth:`abort` are ignored.
         """
-        if self._state in (_Writing.ABORTED, _Writing.FAILED):
+        if not self._take_in(data):
             return
-        if self._state is not _Writing.OPEN:
-            raise RuntimeError(f"write() after commit() of {self.queue_id}")
-        if not data:
-            return
-        data = bytes(data)
-        self._buffer.append(data)
-        self._buffered += len(data)
-        self._size += len(data)
-        self._gate.add(len(data))
         while self._buffered >= self._store.chunk_size:
             self._send(self._cut(self._store.chunk_size))
 
@@ -1160,12 +1146,12 @@ class _PostgresWriter(GatedWriter):
         transaction with ``synchronous_commit`` on; fire with the queue id
         once its ``COMMIT`` has returned.
         """
-        if self._state is not _Writing.OPEN:
+        if self._state is not WriterState.OPEN:
             state = self._state.value
             return defer.fail(RuntimeError(f"commit() of {self.queue_id}, which is {state}"))
         if not envelope.recipients:
             return defer.fail(ValueError("an envelope without recipients cannot be queued"))
-        self._state = _Writing.COMMITTING
+        self._state = WriterState.COMMITTING
         store = self._store
         data = self._cut(self._buffered)
         state = EntryState.INCOMING if hold is None else EntryState.HOLD
@@ -1192,7 +1178,7 @@ class _PostgresWriter(GatedWriter):
 
     def open_message(self) -> Deferred[BinaryIO]:
         """A file reading what was written so far, once it is in the database."""
-        if self._state is not _Writing.OPEN:
+        if self._state is not WriterState.OPEN:
             return defer.fail(RuntimeError(f"open_message() of {self.queue_id} after commit"))
         if self._buffered:
             self._send(self._cut(self._buffered))
@@ -1210,9 +1196,9 @@ class _PostgresWriter(GatedWriter):
         orphan sweep deletes what is left). Once :meth:`commit` is called
         this does nothing.
         """
-        if self._state is not _Writing.OPEN:
+        if self._state is not WriterState.OPEN:
             return
-        self._state = _Writing.ABORTED
+        self._state = WriterState.ABORTED
         self._gate.done(len(self._cut(self._buffered)))
         self._store._writers.pop(self.queue_id, None)
         self._discard()
@@ -1227,16 +1213,12 @@ class _PostgresWriter(GatedWriter):
         self._buffered = len(rest)
         return data[:count]
 
-    def _chain(self, op: Callable[[], Deferred[_T]]) -> Deferred[_T]:
-        self._tail, outcome = _then(self._tail, op)
-        return outcome
-
     def _send(self, data: bytes) -> None:
         seq = self._chunks
         self._chunks += 1
 
         def insert() -> Deferred[None]:
-            if self._error is not None or self._state is _Writing.ABORTED:
+            if self._error is not None or self._state is WriterState.ABORTED:
                 return defer.succeed(None)
             return self._store._run(self._insert_chunk, seq, data)
 
@@ -1249,12 +1231,12 @@ class _PostgresWriter(GatedWriter):
         d.addCallback(lambda _: self._gate.done(len(data)))
 
     def _committed(self) -> str:
-        self._state = _Writing.COMMITTED
+        self._state = WriterState.COMMITTED
         self._store._writers.pop(self.queue_id, None)
         return self.queue_id
 
     def _commit_failed(self, failure: Failure) -> Failure:
-        self._state = _Writing.FAILED
+        self._state = WriterState.FAILED
         self._store._writers.pop(self.queue_id, None)
         self._discard()
         return failure

@@ -64,7 +64,6 @@ entry that the command moved away.
 
 from __future__ import annotations
 
-import enum
 import errno
 import heapq
 import io
@@ -101,7 +100,13 @@ from mailframe.interfaces import IQueueStore, IQueueWriter
 from mailframe.stores._errors import EntryStateError, NoSuchEntry, check_recipients
 from mailframe.stores._ids import RandomSource, new_queue_id, queue_id_time
 from mailframe.stores._index import QueueIndex
-from mailframe.stores._pressure import DEFAULT_HIGH_WATER, GatedWriter, ProducerGate
+from mailframe.stores._pressure import (
+    DEFAULT_HIGH_WATER,
+    GatedWriter,
+    ProducerGate,
+    WriterState,
+    then,
+)
 from mailframe.stores._serialize import CorruptEntryError, entry_from_json, entry_to_json
 
 __all__ = ["DEFAULT_MIN_FREE", "WRITE_CHUNK", "SpoolQueueStore", "SpoolReactor"]
@@ -681,7 +686,7 @@ class SpoolQueueStore:
 
     def _serially(self, queue_id: str, op: Callable[[], Deferred[_T]]) -> Deferred[_T]:
         """Run *op* after every file operation asked before for this entry."""
-        tail, outcome = _then(self._tails.get(queue_id), op)
+        tail, outcome = then(self._tails.get(queue_id), op)
         self._tails[queue_id] = tail
 
         def forget(_: None) -> None:
@@ -1283,14 +1288,6 @@ class _DirSyncer:
         self._store._in_thread(self._store._fsync_dir, self._path).addBoth(finished)
 
 
-class _Writing(enum.Enum):
-    OPEN = "open"
-    COMMITTING = "committing"
-    COMMITTED = "committed"
-    FAILED = "failed"
-    ABORTED = "aborted"
-
-
 @implementer(IQueueWriter)
 class _SpoolWriter(GatedWriter):
     """
@@ -1306,7 +1303,7 @@ class _SpoolWriter(GatedWriter):
     def __init__(self, store: SpoolQueueStore, queue_id: str) -> None:
         self.queue_id = queue_id
         self._store = store
-        self._state = _Writing.OPEN
+        self._state = WriterState.OPEN
         self._buffer: list[bytes] = []
         self._buffered = 0
         self._size = 0
@@ -1322,17 +1319,8 @@ class _SpoolWriter(GatedWriter):
         Append *data*. A write error is kept and reported by :meth:`commit`;
         writes after :meth:`abort` are ignored.
         """
-        if self._state in (_Writing.ABORTED, _Writing.FAILED):
+        if not self._take_in(data):
             return
-        if self._state is not _Writing.OPEN:
-            raise RuntimeError(f"write() after commit() of {self.queue_id}")
-        if not data:
-            return
-        data = bytes(data)
-        self._buffer.append(data)
-        self._buffered += len(data)
-        self._size += len(data)
-        self._gate.add(len(data))
         if self._buffered > WRITE_CHUNK:
             self._flush()
 
@@ -1343,12 +1331,12 @@ class _SpoolWriter(GatedWriter):
         module's documentation for the order of operations. On failure, the
         files are removed.
         """
-        if self._state is not _Writing.OPEN:
+        if self._state is not WriterState.OPEN:
             state = self._state.value
             return defer.fail(RuntimeError(f"commit() of {self.queue_id}, which is {state}"))
         if not envelope.recipients:
             return defer.fail(ValueError("an envelope without recipients cannot be queued"))
-        self._state = _Writing.COMMITTING
+        self._state = WriterState.COMMITTING
         store = self._store
         data = self._take()
         state = EntryState.INCOMING if hold is None else EntryState.HOLD
@@ -1383,7 +1371,7 @@ class _SpoolWriter(GatedWriter):
         A file reading what was written so far, once it is in the file; for
         end-of-data policies that scan the message.
         """
-        if self._state is not _Writing.OPEN:
+        if self._state is not WriterState.OPEN:
             return defer.fail(RuntimeError(f"open_message() of {self.queue_id} after commit"))
         self._flush()
         return self._chain(lambda: self._store._in_thread(self._open_for_reading))
@@ -1394,9 +1382,9 @@ class _SpoolWriter(GatedWriter):
         :meth:`commit` is called this does nothing: the message may already
         be durable, and a duplicate is better than a loss.
         """
-        if self._state is not _Writing.OPEN:
+        if self._state is not WriterState.OPEN:
             return
-        self._state = _Writing.ABORTED
+        self._state = WriterState.ABORTED
         self._gate.done(len(self._take()))
         self._store._writers.pop(self.queue_id, None)
         self._discard(committed=False)
@@ -1409,15 +1397,11 @@ class _SpoolWriter(GatedWriter):
         self._buffered = 0
         return data
 
-    def _chain(self, op: Callable[[], Deferred[_T]]) -> Deferred[_T]:
-        self._tail, outcome = _then(self._tail, op)
-        return outcome
-
     def _flush(self) -> None:
         data = self._take()
 
         def append() -> Deferred[None]:
-            if self._error is not None or self._state is _Writing.ABORTED:
+            if self._error is not None or self._state is WriterState.ABORTED:
                 return defer.succeed(None)
             return self._store._in_thread(self._append, data)
 
@@ -1430,7 +1414,7 @@ class _SpoolWriter(GatedWriter):
         d.addCallback(lambda _: self._gate.done(len(data)))
 
     def _committed(self, entry: QueueEntry) -> str:
-        self._state = _Writing.COMMITTED
+        self._state = WriterState.COMMITTED
         store = self._store
         store._writers.pop(self.queue_id, None)
         store._note(self.queue_id)
@@ -1443,7 +1427,7 @@ class _SpoolWriter(GatedWriter):
         return self.queue_id
 
     def _commit_failed(self, failure: Failure) -> Failure:
-        self._state = _Writing.FAILED
+        self._state = WriterState.FAILED
         self._store._writers.pop(self.queue_id, None)
         self._discard(committed=True)
         return failure
@@ -1493,30 +1477,6 @@ class _SpoolWriter(GatedWriter):
             # A failed commit may have renamed its file already; its client
             # was not told 250, so the entry must not stay.
             _unlink(self._store._layout.message(self._target, self.queue_id))
-
-
-def _then(
-    tail: Deferred[None] | None, op: Callable[[], Deferred[_T]]
-) -> tuple[Deferred[None], Deferred[_T]]:
-    """
-    Run *op* once *tail* fires. Return the new tail, which fires (always
-    with ``None``) when *op* is done, and a Deferred of *op*'s own outcome.
-    """
-    outcome: Deferred[_T] = Deferred()
-
-    def relay(result: _T | Failure) -> None:
-        if isinstance(result, Failure):
-            outcome.errback(result)
-        else:
-            outcome.callback(result)
-
-    def run(_: object) -> Deferred[None]:
-        d: Deferred[_T] = defer.maybeDeferred(op)
-        return d.addBoth(relay)
-
-    if tail is None:
-        return run(None), outcome
-    return tail.addCallback(run), outcome
 
 
 def _first_error(failure: Failure) -> Failure:
