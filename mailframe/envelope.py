@@ -242,6 +242,10 @@ class EntryState(enum.Enum):
     HOLD = "hold"
     CORRUPT = "corrupt"
 
+    # Members are singletons compared by identity; Enum's own hash
+    # hashes the name in Python, on every dict and set lookup.
+    __hash__ = object.__hash__
+
 
 class RecipientState(enum.Enum):
     """Where one recipient of a queue entry stands."""
@@ -250,6 +254,10 @@ class RecipientState(enum.Enum):
     DELIVERED = "delivered"
     BOUNCED = "bounced"
     EXPIRED = "expired"
+
+    # Members are singletons compared by identity; Enum's own hash
+    # hashes the name in Python, on every dict and set lookup.
+    __hash__ = object.__hash__
 
 
 @attrs.frozen

@@ -12,6 +12,7 @@ class digit that matches the code (RFC 3463 §2).
 
 from __future__ import annotations
 
+import functools
 import re
 
 import attrs
@@ -61,6 +62,27 @@ def _text_lines(value: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
     return tuple(value) or ("",)
 
 
+@functools.lru_cache(maxsize=512)
+def _render(code: int, status: str | None, text: tuple[str, ...]) -> bytes:
+    # A server sends the same few replies over and over: each is rendered
+    # once, and the cache's size bounds those that are not.
+    last = len(text) - 1
+    out = []
+    for index, line in enumerate(text):
+        sep = " " if index == last else "-"
+        if status is not None:
+            body = f"{status} {line}" if line else status
+        else:
+            body = line
+        if body or sep == "-" or code == 334:
+            # RFC 4954 §4: a SASL challenge is "334" SP [base64], so an
+            # empty one keeps its space.
+            out.append(f"{code}{sep}{body}\r\n")
+        else:
+            out.append(f"{code}\r\n")
+    return "".join(out).encode("utf-8")
+
+
 @attrs.frozen
 class Reply:
     """
@@ -103,22 +125,7 @@ class Reply:
         except the SASL challenge ``334`` that RFC 4954 §4 writes with its
         space; any other text is written exactly, trailing spaces included.
         """
-        status = self.status if enhanced else None
-        last = len(self.text) - 1
-        out = []
-        for index, line in enumerate(self.text):
-            sep = " " if index == last else "-"
-            if status is not None:
-                body = f"{status} {line}" if line else status
-            else:
-                body = line
-            if body or sep == "-" or self.code == 334:
-                # RFC 4954 §4: a SASL challenge is "334" SP [base64], so an
-                # empty one keeps its space.
-                out.append(f"{self.code}{sep}{body}\r\n")
-            else:
-                out.append(f"{self.code}\r\n")
-        return "".join(out).encode("utf-8")
+        return _render(self.code, self.status if enhanced else None, self.text)
 
     @classmethod
     def parse(cls, data: bytes, enhanced: bool = True) -> Reply:

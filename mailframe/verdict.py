@@ -35,6 +35,10 @@ class Action(enum.Enum):
     #: Accept the message, and throw it away (end of data).
     DISCARD = "discard"
 
+    # Members are singletons compared by identity; Enum's own hash
+    # hashes the name in Python, on every dict and set lookup.
+    __hash__ = object.__hash__
+
 
 _DEFAULT_REPLIES = {
     Action.REJECT: Reply(550, "5.7.1", "Rejected by policy"),

@@ -178,3 +178,43 @@ def test_mta_bench_tiny_run(tmp_path: pathlib.Path) -> None:
     saved = json.loads(out.read_text(encoding="utf-8"))
     assert {r["scenario"] for r in saved["runs"] if r["ok"]} == set(MTA_SCENARIOS)
     assert {r["scenario"]: r["messages"] for r in saved["runs"]}["large-hold"] == 20
+
+
+def test_session_cpu_tiny_run() -> None:
+    """
+    The in-process session benchmark (benchmarks/session_cpu.py) on 100
+    messages: it exits 0 with a row of figures (it exits non-zero itself
+    when the server did not accept every message).
+    """
+    script = REPO / "benchmarks" / "session_cpu.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--messages", "100", "--rounds", "2"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    cells = [cell.strip() for cell in result.stdout.splitlines()[-1].strip("|").split("|")]
+    messages, rounds, median, best = cells
+    assert (messages, rounds) == ("100", "2"), result.stdout
+    assert float(median) >= float(best) > 0, result.stdout
+
+
+def test_session_cpu_refuses_a_round_without_acceptances(tmp_path: pathlib.Path) -> None:
+    """
+    The session benchmark checks its rounds: one whose messages the server
+    did not accept ends it with an error, not with a figure.
+    """
+    script = REPO / "benchmarks" / "session_cpu.py"
+    code = (
+        "import runpy, sys\n"
+        f"bench = runpy.run_path({str(script)!r}, run_name='bench')\n"
+        "one = bench['session'](sys.argv[1])\n"
+        "def silent(number): pass\n"
+        "silent.accepted = one.accepted\n"
+        "bench['measure'](silent, 3)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "0 of 3 messages were accepted" in result.stderr, result.stderr

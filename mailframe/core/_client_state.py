@@ -66,6 +66,10 @@ class ClientState(enum.Enum):
     #: closed: nothing more is sent or read.
     CLOSED = "closed"
 
+    # Members are singletons compared by identity; Enum's own hash
+    # hashes the name in Python, on every dict and set lookup.
+    __hash__ = object.__hash__
+
 
 class Verb(enum.Enum):
     """What a command does, as far as the state table is concerned."""
@@ -85,6 +89,10 @@ class Verb(enum.Enum):
     AUTH = "AUTH"
     AUTH_RESPONSE = "AUTH response"
     AUTH_CANCEL = "AUTH cancel"
+
+    # Members are singletons compared by identity; Enum's own hash
+    # hashes the name in Python, on every dict and set lookup.
+    __hash__ = object.__hash__
 
 
 _VERBS: dict[type[ce.ClientCommand], Verb] = {

@@ -70,6 +70,9 @@ _DEFAULT_REPLIES: dict[type[ev.Command], Reply] = {
     ev.AuthResponse: Reply(535, "5.7.8", "Authentication credentials invalid"),
     ev.AuthCancel: Reply(501, "5.0.0", "Authentication cancelled"),
 }
+_MAIL_OK = Reply(250, "2.1.0", "OK")
+_RCPT_OK = Reply(250, "2.1.5", "OK")
+_MESSAGE_OK = Reply(250, "2.0.0", "OK")
 
 #: The positive replies that each of these commands may get; any other
 #: positive reply is a mistake of the caller (RFC 5321 §4.1.1.4, RFC 3207
@@ -655,14 +658,16 @@ class ServerConnection:
             return command.reply
         if isinstance(command, ev.Ehlo | ev.Helo):
             return self.helo_reply(command)
-        if isinstance(command, ev.Mail | ev.Rcpt):
-            return Reply(250, "2.1.0" if isinstance(command, ev.Mail) else "2.1.5", "OK")
+        if isinstance(command, ev.Mail):
+            return _MAIL_OK
+        if isinstance(command, ev.Rcpt):
+            return _RCPT_OK
         if isinstance(command, ev.EndOfMessage | ev.Bdat):
             if command.problem is not None:
                 return command.problem
             if isinstance(command, ev.Bdat) and not command.last:
                 return Reply(250, "2.0.0", f"OK: {command.size} octets received")
-            return Reply(250, "2.0.0", "OK")
+            return _MESSAGE_OK
         return _DEFAULT_REPLIES[type(command)]
 
     def helo_reply(self, command: ev.Ehlo | ev.Helo) -> Reply:

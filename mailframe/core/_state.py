@@ -51,6 +51,10 @@ class State(enum.Enum):
     #: 221 or 421 sent; nothing more is read.
     CLOSED = "closed"
 
+    # Members are singletons compared by identity; Enum's own hash
+    # hashes the name in Python, on every dict and set lookup.
+    __hash__ = object.__hash__
+
 
 class Outcome(enum.Enum):
     """What a reply did to the command it answered."""
@@ -62,6 +66,10 @@ class Outcome(enum.Enum):
     CONTINUE = "continue"
     #: 4xx or 5xx.
     REFUSED = "refused"
+
+    # Members are singletons compared by identity; Enum's own hash
+    # hashes the name in Python, on every dict and set lookup.
+    __hash__ = object.__hash__
 
 
 _CONTINUED = frozenset({ev.Data, ev.Auth, ev.AuthResponse})

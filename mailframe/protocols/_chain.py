@@ -19,6 +19,8 @@ __all__ = ["ask_policies"]
 
 _DECISIVE = frozenset({Action.ACCEPT, Action.REJECT, Action.TEMPFAIL, Action.HOLD,
                        Action.DISCARD})
+#: What a chain in which no policy decided or said anything comes to.
+_NO_DECISION = Verdict(Action.CONTINUE)
 
 
 def _combine(
@@ -35,6 +37,8 @@ def _combine(
         outcome = _fold(result, headers, reason)
         if outcome is not None:
             return outcome
+    if not headers and not reason:
+        return _NO_DECISION
     return Verdict(Action.CONTINUE, headers=tuple(headers), reason="; ".join(reason))
 
 

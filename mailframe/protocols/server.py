@@ -344,11 +344,6 @@ class SMTPServerProtocol(Protocol):
             return
         self._waiting = True
 
-        def failed(failure: Failure) -> Reply:
-            self.log.failure("Error in a policy or store; answering 451", failure,
-                             client=self.client)
-            return _PLUGIN_FAILURE
-
         def done(reply: Reply) -> None:
             self._waiting = False
             if self._gone:
@@ -356,7 +351,12 @@ class SMTPServerProtocol(Protocol):
             then(reply)
             self._process()
 
-        result.addErrback(failed).addCallback(done)
+        def failed(failure: Failure) -> None:
+            self.log.failure("Error in a policy or store; answering 451", failure,
+                             client=self.client)
+            done(_PLUGIN_FAILURE)
+
+        result.addCallbacks(done, failed)
 
     def _send(self, reply: Reply) -> None:
         if self._gone:
@@ -664,6 +664,8 @@ class SMTPServerProtocol(Protocol):
         )
 
         def queued(qid: str) -> Reply:
+            self._committing = False
+            self._writer = None
             reply = Reply(250, "2.0.0", f"Ok: queued as {qid}")
             self._log_message(envelope, qid, size,
                               "held" if verdict.action is Action.HOLD else "queued", reply)
@@ -671,15 +673,12 @@ class SMTPServerProtocol(Protocol):
             return reply
 
         def failed(failure: Failure) -> Reply:
+            self._committing = False
+            self._writer = None
             self.log.failure("Could not commit {queue_id}", failure, queue_id=queue_id)
             return _COMMIT_FAILED
 
-        def settled(reply: Reply) -> Reply:
-            self._committing = False
-            self._writer = None
-            return reply
-
-        return committed.addCallbacks(queued, failed).addCallback(settled)
+        return committed.addCallbacks(queued, failed)
 
     def _log_message(
         self, envelope: Envelope, queue_id: str, size: int, status: str, reply: Reply
