@@ -654,21 +654,26 @@ class ServerConnection:
         core cannot verify, ``504 5.5.4`` to :class:`Auth`, ``535 5.7.8``
         to :class:`AuthResponse` and ``501 5.0.0`` to :class:`AuthCancel`.
         """
+        kind = type(command)
+        if kind is ev.Mail:
+            return _MAIL_OK
+        if kind is ev.Rcpt:
+            return _RCPT_OK
         if isinstance(command, ev.BadCommand):
             return command.reply
-        if isinstance(command, ev.Ehlo | ev.Helo):
+        if isinstance(command, (ev.Ehlo, ev.Helo)):
             return self.helo_reply(command)
-        if isinstance(command, ev.Mail):
-            return _MAIL_OK
-        if isinstance(command, ev.Rcpt):
-            return _RCPT_OK
-        if isinstance(command, ev.EndOfMessage | ev.Bdat):
+        if isinstance(command, (ev.EndOfMessage, ev.Bdat)):
             if command.problem is not None:
                 return command.problem
             if isinstance(command, ev.Bdat) and not command.last:
                 return Reply(250, "2.0.0", f"OK: {command.size} octets received")
             return _MESSAGE_OK
-        return _DEFAULT_REPLIES[type(command)]
+        if isinstance(command, ev.Mail):
+            return _MAIL_OK
+        if isinstance(command, ev.Rcpt):
+            return _RCPT_OK
+        return _DEFAULT_REPLIES[kind]
 
     def helo_reply(self, command: ev.Ehlo | ev.Helo) -> Reply:
         """The positive reply to HELO or EHLO, listing extensions for EHLO."""
@@ -700,25 +705,26 @@ class ServerConnection:
                     f"{type(command).__name__} must be answered with {codes}, not {reply}"
                 )
         self._pending = None
-        out = [reply.render()]
+        wire = reply.render()
         if self.state is State.CONNECTED:
             self.state = {220: State.GREETED, 554: State.NO_SERVICE}.get(reply.code, State.CLOSED)
             if self.closed:
                 self._close()
-            return out[0]
+            return wire
         if command is None and reply.code != 421:
             raise RuntimeError(f"no command is waiting for a reply; cannot send {reply}")
         if reply.code == 421 or (isinstance(command, ev.Quit) and reply.code == 221):
             self._close()
-            return out[0]
+            return wire
         assert command is not None
         self._transition(command, reply)
-        if _is_error(command, reply):
+        if reply.code >= 400 and _is_error(command, reply):
             self.errors += 1
             if self.errors >= self.limits.max_errors:
-                out.append(Reply(421, "4.7.0", f"{self.hostname} Error: too many errors").render())
                 self._close()
-        return b"".join(out)
+                closing = Reply(421, "4.7.0", f"{self.hostname} Error: too many errors")
+                return wire + closing.render()
+        return wire
 
     def _close(self) -> None:
         self.state = State.CLOSED
@@ -749,7 +755,13 @@ class ServerConnection:
     def _transition(self, command: ev.Command, reply: Reply) -> None:
         result = outcome(command, reply)
         accepted = result is Outcome.ACCEPTED
-        if isinstance(command, ev.Helo | ev.Ehlo) and accepted:
+        kind = type(command)
+        if kind is ev.Rcpt:
+            # The commonest command first; subclasses take the long way.
+            if accepted:
+                assert isinstance(command, ev.Rcpt)
+                self._accept_rcpt(command)
+        elif isinstance(command, (ev.Helo, ev.Ehlo)) and accepted:
             self.esmtp = isinstance(command, ev.Ehlo)
             self.client_name = command.name
             self._reset_transaction()
@@ -759,9 +771,7 @@ class ServerConnection:
             self.transaction = Transaction(command.sender, command)
             self._message = None
         elif isinstance(command, ev.Rcpt) and accepted:
-            self.transaction.recipients.append(command.recipient)
-            if command.dsn is not None:
-                self.transaction.dsn.append((command.recipient, command.dsn))
+            self._accept_rcpt(command)
         elif isinstance(command, ev.Data) and result is Outcome.CONTINUE:
             self._reader = _DataReader(self.limits.max_message_size, self.limits.max_hops)
         elif isinstance(command, ev.EndOfMessage):
@@ -770,11 +780,16 @@ class ServerConnection:
             self._reset_transaction()
         elif isinstance(command, ev.StartTls) and accepted:
             self._start_tls()
-        elif isinstance(command, ev.Auth | ev.AuthResponse) and reply.code == 235:
+        elif isinstance(command, (ev.Auth, ev.AuthResponse)) and reply.code == 235:
             self.authenticated = True
-        next_state = TRANSITIONS.get((self.state, type(command), result))
+        next_state = TRANSITIONS.get((self.state, kind, result))
         if next_state is not None:
             self.state = next_state
+
+    def _accept_rcpt(self, command: ev.Rcpt) -> None:
+        self.transaction.recipients.append(command.recipient)
+        if command.dsn is not None:
+            self.transaction.dsn.append((command.recipient, command.dsn))
 
     def shutdown_reply(self) -> Reply:
         """The 421 that tells a client the server is going down (RFC 5321 §3.8)."""
@@ -783,7 +798,7 @@ class ServerConnection:
 
 def _is_error(command: ev.Command, reply: Reply) -> bool:
     """Whether *reply* to *command* counts towards :attr:`Limits.max_errors`."""
-    if reply.code < 400 or isinstance(command, ev.EndOfMessage | ev.Bdat):
+    if reply.code < 400 or isinstance(command, (ev.EndOfMessage, ev.Bdat)):
         # Refusing a message, or a chunk of one, is not the client's error.
         return False
     if reply.code == 452 and (

@@ -14,7 +14,7 @@ import ipaddress
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from email.utils import formatdate
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any
 
 import attrs
@@ -592,7 +592,7 @@ class SMTPServerProtocol(Protocol):
             lines.append(f"\t(Authenticated sender: {client.authenticated_as})")
         lines.append(f"\tby {self.conn.hostname} (mailframe) with {protocol} id {queue_id}")
         recipients = self.conn.transaction.recipients
-        stamp = formatdate(self.factory.clock.seconds(), localtime=False)
+        stamp = _date_stamp(int(self.factory.clock.seconds()))
         if len(recipients) == 1:
             lines.append(f"\tfor <{recipients[0]}>; {stamp}")
         else:
@@ -738,6 +738,12 @@ class SMTPServerProtocol(Protocol):
             self._close_after_reply = True
         else:
             self._unsolicited(self.conn.shutdown_reply())
+
+
+@lru_cache(maxsize=4)
+def _date_stamp(second: int) -> str:
+    """The RFC 5322 date of a trace field, made once a second."""
+    return formatdate(second, localtime=False)
 
 
 def _verdict_reply(
