@@ -9,7 +9,7 @@ would (the same plugins, policies and settings), connects one session to a
 transport that throws its writes away, and plays ``smtp-source``'s
 dialogue into it, one command per read as ``smtp-source`` sends them:
 ``MAIL``, ``RCPT`` (a new local part each time), ``DATA``, a 1 KB message
-and ``RSET``. The per-message log line is written to ``/dev/null`` through
+(``--size`` sets another, fed in reads of at most 64 KiB) and ``RSET``. The per-message log line is written to ``/dev/null`` through
 Twisted's text observer, as twistd writes it to a file. It prints the CPU
 time (``time.process_time``) per message: the median over the rounds and
 the best beside it, after a warm-up.
@@ -43,12 +43,22 @@ from twisted.internet.address import IPv4Address  # noqa: E402
 from twisted.internet.testing import StringTransport  # noqa: E402
 from twisted.logger import LogPublisher, textFileLogObserver  # noqa: E402
 
-#: What smtp-source sends as a message of ``-l 1024``, roughly.
-BODY = (
+#: The header smtp-source sends, roughly.
+HEADER = (
     b"From: <sender@bench.example>\r\nTo: <rcpt@bench.example>\r\n"
     b"Date: Mon, 30 Nov 2026 00:00:00 +0000\r\nMessage-Id: <1@bench.example>\r\n"
-    b"Subject: benchmark\r\n\r\n" + b"La de da de da 1.\r\n" * 50 + b".\r\n"
+    b"Subject: benchmark\r\n\r\n"
 )
+#: A line of smtp-source's body.
+LINE = b"La de da de da 1.\r\n"
+#: The most one read gives the server, as Twisted reads a TCP socket.
+READ_SIZE = 65536
+
+
+def message(size: int) -> list[bytes]:
+    """A message of about *size* octets, and its dot, in reads of a socket."""
+    data = HEADER + LINE * max(1, (size - len(HEADER)) // len(LINE)) + b".\r\n"
+    return [data[i : i + READ_SIZE] for i in range(0, len(data), READ_SIZE)]
 
 
 class _Sink(StringTransport):
@@ -61,8 +71,11 @@ class _Sink(StringTransport):
             self.accepted += 1
 
 
-def session(workdir: str) -> Callable[[int], None]:
-    """A connected session; the function it returns sends one message."""
+def session(workdir: str, size: int = 1024) -> Callable[[int], None]:
+    """
+    A connected session; the function it returns sends one message of
+    about *size* octets.
+    """
     from twisted.internet import reactor
 
     from mailframe.compose import build_mail_service
@@ -86,12 +99,14 @@ def session(workdir: str) -> Callable[[int], None]:
     transport = _Sink(peerAddress=address)
     protocol.makeConnection(transport)
     protocol.dataReceived(b"EHLO client.bench.example\r\n")
+    reads = message(size)
 
     def one(number: int) -> None:
         protocol.dataReceived(b"MAIL FROM:<sender@bench.example>\r\n")
         protocol.dataReceived(b"RCPT TO:<%drcpt@bench.example>\r\n" % number)
         protocol.dataReceived(b"DATA\r\n")
-        protocol.dataReceived(BODY)
+        for data in reads:
+            protocol.dataReceived(data)
         protocol.dataReceived(b"RSET\r\n")
 
     one.accepted = lambda: transport.accepted  # type: ignore[attr-defined]
@@ -119,19 +134,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=5000, help="messages per round")
     parser.add_argument("--rounds", type=int, default=5, help="rounds (default 5)")
+    parser.add_argument("--size", type=int, default=1024,
+                        help="octets in a message, about (default 1024)")
     parser.add_argument("--profile", action="store_true",
                         help="print the costliest functions of one more round")
     args = parser.parse_args(argv)
-    if args.messages < 1 or args.rounds < 1:
-        parser.error("--messages and --rounds must be at least 1")
+    if args.messages < 1 or args.rounds < 1 or args.size < 1:
+        parser.error("--messages, --rounds and --size must be at least 1")
     with tempfile.TemporaryDirectory(prefix="mailframe-session-") as workdir:
-        one = session(workdir)
+        one = session(workdir, args.size)
         measure(one, min(args.messages, 500))  # warm-up
         figures = [measure(one, args.messages) for _ in range(args.rounds)]
-        print("| messages | rounds | median CPU µs/msg | best CPU µs/msg |")
-        print("|---------:|-------:|------------------:|----------------:|")
-        print(f"| {args.messages:8d} | {args.rounds:6d} | {statistics.median(figures):17.1f}"
-              f" | {min(figures):15.1f} |")
+        print("| messages | octets | rounds | median CPU µs/msg | best CPU µs/msg |")
+        print("|---------:|-------:|-------:|------------------:|----------------:|")
+        print(f"| {args.messages:8d} | {args.size:6d} | {args.rounds:6d}"
+              f" | {statistics.median(figures):17.1f} | {min(figures):15.1f} |")
         if args.profile:
             profile = cProfile.Profile()
             profile.runcall(measure, one, args.messages)
