@@ -2,22 +2,24 @@
 """
 What the SMTP server's own code costs per message, without the network.
 
-    .venv/bin/python benchmarks/session_cpu.py [--messages 5000] [--rounds 5]
+    .venv/bin/python benchmarks/session_cpu.py [--messages 5000] [--rounds 5] [--size 1024]
 
 It builds the server as ``twistd mailframe --store discard --unsafe-store``
 would (the same plugins, policies and settings), connects one session to a
 transport that throws its writes away, and plays ``smtp-source``'s
 dialogue into it, one command per read as ``smtp-source`` sends them:
 ``MAIL``, ``RCPT`` (a new local part each time), ``DATA``, a 1 KB message
-(``--size`` sets another, fed in reads of at most 64 KiB) and ``RSET``. The per-message log line is written to ``/dev/null`` through
-Twisted's text observer, as twistd writes it to a file. It prints the CPU
+(``--size`` sets another, fed in reads of at most 64 KiB) and ``RSET``.
+The per-message log line is written to ``/dev/null`` through Twisted's
+text observer, as twistd writes it to a file. It prints the CPU
 time (``time.process_time``) per message: the median over the rounds and
 the best beside it, after a warm-up.
 
 This is the part of the server's CPU that mailframe's code decides; the
 rest, under a real load, is the reactor and the kernel. Without sockets,
-threads or disks, the figure is steady enough on a shared machine to
-compare one change with the next; compare runs on one machine only.
+threads or disks, the figure is steadier than a load test's, but other
+work on the machine still moves it: compare runs made one after the other,
+or count instructions (see ``benchmarks/README.rst``).
 ``--profile`` prints the functions that cost most, from :mod:`cProfile`.
 
 mailframe is imported from this working tree.

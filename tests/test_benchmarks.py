@@ -193,8 +193,8 @@ def test_session_cpu_tiny_run() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     cells = [cell.strip() for cell in result.stdout.splitlines()[-1].strip("|").split("|")]
-    messages, rounds, median, best = cells
-    assert (messages, rounds) == ("100", "2"), result.stdout
+    messages, size, rounds, median, best = cells
+    assert (messages, size, rounds) == ("100", "1024", "2"), result.stdout
     assert float(median) >= float(best) > 0, result.stdout
 
 
