@@ -656,26 +656,22 @@ class ServerConnection:
         core cannot verify, ``504 5.5.4`` to :class:`Auth`, ``535 5.7.8``
         to :class:`AuthResponse` and ``501 5.0.0`` to :class:`AuthCancel`.
         """
-        kind = type(command)
-        if kind is ev.Mail:
-            return _MAIL_OK
-        if kind is ev.Rcpt:
+        # The commonest commands first.
+        if isinstance(command, ev.Rcpt):
             return _RCPT_OK
-        if isinstance(command, ev.BadCommand):
-            return command.reply
-        if isinstance(command, (ev.Ehlo, ev.Helo)):
-            return self.helo_reply(command)
+        if isinstance(command, ev.Mail):
+            return _MAIL_OK
         if isinstance(command, (ev.EndOfMessage, ev.Bdat)):
             if command.problem is not None:
                 return command.problem
             if isinstance(command, ev.Bdat) and not command.last:
                 return Reply(250, "2.0.0", f"OK: {command.size} octets received")
             return _MESSAGE_OK
-        if isinstance(command, ev.Mail):
-            return _MAIL_OK
-        if isinstance(command, ev.Rcpt):
-            return _RCPT_OK
-        return _DEFAULT_REPLIES[kind]
+        if isinstance(command, ev.BadCommand):
+            return command.reply
+        if isinstance(command, (ev.Ehlo, ev.Helo)):
+            return self.helo_reply(command)
+        return _DEFAULT_REPLIES[type(command)]
 
     def helo_reply(self, command: ev.Ehlo | ev.Helo) -> Reply:
         """The positive reply to HELO or EHLO, listing extensions for EHLO."""
@@ -757,23 +753,22 @@ class ServerConnection:
     def _transition(self, command: ev.Command, reply: Reply) -> None:
         result = outcome(command, reply)
         accepted = result is Outcome.ACCEPTED
-        kind = type(command)
-        if kind is ev.Rcpt:
-            # The commonest command first; subclasses take the long way.
+        # The commonest commands first.
+        if isinstance(command, ev.Rcpt):
             if accepted:
-                assert isinstance(command, ev.Rcpt)
-                self._accept_rcpt(command)
+                self.transaction.recipients.append(command.recipient)
+                if command.dsn is not None:
+                    self.transaction.dsn.append((command.recipient, command.dsn))
+        elif isinstance(command, ev.Mail):
+            if accepted:
+                self.transaction = Transaction(command.sender, command)
+                self._message = None
         elif isinstance(command, (ev.Helo, ev.Ehlo)) and accepted:
             self.esmtp = isinstance(command, ev.Ehlo)
             self.client_name = command.name
             self._reset_transaction()
         elif isinstance(command, ev.Rset) and accepted:
             self._reset_transaction()
-        elif isinstance(command, ev.Mail) and accepted:
-            self.transaction = Transaction(command.sender, command)
-            self._message = None
-        elif isinstance(command, ev.Rcpt) and accepted:
-            self._accept_rcpt(command)
         elif isinstance(command, ev.Data) and result is Outcome.CONTINUE:
             self._reader = _DataReader(self.limits.max_message_size, self.limits.max_hops)
         elif isinstance(command, ev.EndOfMessage):
@@ -784,14 +779,9 @@ class ServerConnection:
             self._start_tls()
         elif isinstance(command, (ev.Auth, ev.AuthResponse)) and reply.code == 235:
             self.authenticated = True
-        next_state = TRANSITIONS.get((self.state, kind, result))
+        next_state = TRANSITIONS.get((self.state, type(command), result))
         if next_state is not None:
             self.state = next_state
-
-    def _accept_rcpt(self, command: ev.Rcpt) -> None:
-        self.transaction.recipients.append(command.recipient)
-        if command.dsn is not None:
-            self.transaction.dsn.append((command.recipient, command.dsn))
 
     def shutdown_reply(self) -> Reply:
         """The 421 that tells a client the server is going down (RFC 5321 §3.8)."""
