@@ -4,7 +4,8 @@ The spool's CPU per message, in-process: what its commit path costs beside
 the system calls that the commit cannot do without.
 
     .venv/bin/python benchmarks/spool_commit.py [--messages 3000]
-        [--writers 20] [--rounds 5] [--size 1024] [--no-claim] [--json PATH]
+        [--writers 20] [--rounds 5] [--size 1024] [--threads T] [--no-claim]
+        [--dir DIR] [--json PATH]
 
 Each round, in this order (so that the variants are interleaved, and a
 noisy moment of a shared machine falls on all of them alike):
@@ -117,10 +118,11 @@ def run_loops(count: int, loops: int, one: Callable[[int], Deferred[Any]]) -> De
 
 @defer.inlineCallbacks
 def spool_round(
-    base: str, count: int, writers: int, data: bytes, hold: bool
+    base: str, count: int, writers: int, data: bytes, hold: bool, threads: int | None
 ) -> Any:
     """Commit *count* messages; return the figures and the recovered store."""
-    store = SpoolQueueStore(os.path.join(base, "spool"), reactor, min_free=0)
+    kwargs = {} if threads is None else {"threads": threads}
+    store = SpoolQueueStore(os.path.join(base, "spool"), reactor, min_free=0, **kwargs)
     yield store.recover()
     envelopes = [envelope(n) for n in range(count)]
 
@@ -139,9 +141,11 @@ def spool_round(
 
 
 @defer.inlineCallbacks
-def claim_round(base: str, count: int, writers: int, data: bytes) -> Any:
+def claim_round(
+    base: str, count: int, writers: int, data: bytes, threads: int | None
+) -> Any:
     """Commit *count* messages (untimed), then claim and remove each."""
-    _, store = yield spool_round(base, count, writers, data, hold=False)
+    _, store = yield spool_round(base, count, writers, data, False, threads)
     fsyncs, dir_fsyncs = store.stats_fsyncs, store.stats_dir_fsyncs
 
     @defer.inlineCallbacks
@@ -227,13 +231,15 @@ def main(options: argparse.Namespace) -> Any:
             try:
                 if variant == "spool":
                     run, store = yield spool_round(
-                        base, options.messages, options.writers, data, hold=True
+                        base, options.messages, options.writers, data, True, options.threads
                     )
                     yield store.stop()
                 elif variant == "raw":
                     run = raw_round(base, options.messages, options.writers, raw_data)
                 else:
-                    run = yield claim_round(base, options.messages, options.writers, data)
+                    run = yield claim_round(
+                        base, options.messages, options.writers, data, options.threads
+                    )
             finally:
                 shutil.rmtree(base, ignore_errors=True)
             runs[variant].append(run)
@@ -248,7 +254,8 @@ def main(options: argparse.Namespace) -> Any:
 def table(runs: dict[str, list[_Run]], options: argparse.Namespace) -> str:
     lines = [
         f"spool commit: {options.messages} messages of {options.size} octets,"
-        f" {options.writers} writers, {options.rounds} rounds; median (min)",
+        f" {options.writers} writers, {options.rounds} rounds,"
+        f" spool threads {options.threads or 'default'}; median (min)",
         "",
         "| variant | user µs/msg | sys µs/msg | msgs/s | fsyncs/msg | dir fsyncs/msg |",
         "|---|---|---|---|---|---|",
@@ -280,6 +287,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--writers", type=int, default=20, help="concurrent writers")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--size", type=int, default=1024, help="octets per message")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="the spool's threads (default: the store's default)")
     parser.add_argument("--no-claim", dest="claim", action="store_false",
                         help="leave out the claim and remove round")
     parser.add_argument("--dir", default=None, help="where the temporary spools go")
