@@ -74,7 +74,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
-from random import SystemRandom
+from random import Random
 from typing import Any, BinaryIO, Protocol, TypeVar, cast
 
 import attrs
@@ -96,7 +96,7 @@ from mailframe.envelope import (
 )
 from mailframe.interfaces import IQueueStore, IQueueWriter
 from mailframe.stores._errors import EntryStateError, NoSuchEntry, check_recipients
-from mailframe.stores._ids import RandomSource, new_queue_id, queue_id_time
+from mailframe.stores._ids import RandomSource, id_source, new_queue_id, queue_id_time
 from mailframe.stores._index import QueueIndex
 from mailframe.stores._pressure import (
     DEFAULT_HIGH_WATER,
@@ -284,8 +284,9 @@ class SpoolQueueStore:
         :class:`~twisted.python.threadpool.ThreadPool`); by default the
         store's own *threads* threads, started as they are needed and
         ended by :meth:`stop` (or when the reactor shuts down).
-    :param random: the random source of queue ids; by default
-        :class:`random.SystemRandom`.
+    :param random: the random source of queue ids; by default a
+        :class:`random.Random` seeded from the system's source. The ids need
+        to be unique, not secret, and the store checks them for collisions.
     :param min_free: octets of free space to keep; 0 keeps none, though
         :meth:`has_room` still wants twice a message's size.
     :param high_water: octets a writer holds (buffered or being written)
@@ -328,7 +329,7 @@ class SpoolQueueStore:
             PoolRunner(reactor, threadpool) if threadpool is not None
             else ThreadRunner(reactor, threads, "mailframe-spool")
         )
-        self._random: RandomSource = random if random is not None else SystemRandom()
+        self._random: RandomSource = random if random is not None else Random()
         self._layout = _Layout(self.path, slot)
         self._lock = threading.Lock()
         self._index = QueueIndex()
@@ -1608,7 +1609,7 @@ def _read_trailer(path: str) -> bytes:
 
 def _build_spool(settings: Any, context: Any) -> SpoolQueueStore:
     return SpoolQueueStore(
-        context.config.queue_dir, context.reactor, random=context.random,
+        context.config.queue_dir, context.reactor, random=id_source(context.random),
         min_free=settings["min_free"], slot=getattr(context, "worker", None),
     )
 
