@@ -27,11 +27,11 @@ class RandomSource(Protocol):
     def getrandbits(self, k: int, /) -> int: ...
 
 
-def id_source(seed_from: RandomSource) -> _random.Random:
+def id_source(seed_from: RandomSource | None) -> _random.Random:
     """
     A fast source of the random bits of queue ids, seeded once with 128
     bits of *seed_from*, such as the :class:`random.SystemRandom` that
-    components are given.
+    components are given; with ``None``, from the system's source.
 
     Queue ids need to be unique, not secret: the stores check them for
     collisions. Reading the system's source for every id costs a system
@@ -39,6 +39,8 @@ def id_source(seed_from: RandomSource) -> _random.Random:
     while the store's threads wait for that lock; a Mersenne Twister seeded
     from it costs neither.
     """
+    if seed_from is None:
+        return _random.Random()
     return _random.Random(seed_from.getrandbits(128))
 
 

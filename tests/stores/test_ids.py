@@ -63,6 +63,8 @@ def test_id_source_reads_its_seed_once() -> None:
     # Two sources seeded from different bits give different ids.
     other = id_source(random.Random(4))
     assert new_queue_id(other, 1_700_000_000.0) not in made
+    # A context without a source: the system's seeds the generator.
+    assert new_queue_id(id_source(None), 1_700_000_000.0) not in made
 
 
 def test_store_makers_seed_their_own_source() -> None:
