@@ -20,7 +20,7 @@ durable commit of each of 100,000 entries would take most of an hour.
 On each spool, each in a fresh process:
 
 ``recover()``
-    :meth:`SpoolQueueStore.recover` on the reactor and its thread pool:
+    :meth:`SpoolQueueStore.recover` on the reactor and the store's threads:
     wall time, and how far the process's peak resident set (``VmHWM``) rose
     above its resident set before the call (``VmRSS``, after the imports).
 ``queue stats``, ``queue list --json``
@@ -192,7 +192,6 @@ def recover_and_claim(spool: pathlib.Path, claim: bool, batch: int) -> dict[str,
     """
     from twisted.internet import task
     from twisted.internet.defer import Deferred
-    from twisted.internet.threads import deferToThreadPool
 
     from mailframe.stores.spool import SpoolQueueStore
 
@@ -200,9 +199,10 @@ def recover_and_claim(spool: pathlib.Path, claim: bool, batch: int) -> dict[str,
 
     async def main(reactor: Any) -> None:
         store = SpoolQueueStore(spool, reactor)
-        # The thread pool's first thread starts on first use: start it now,
-        # so that its stack is not counted as the index's memory.
-        await deferToThreadPool(reactor, reactor.getThreadPool(), lambda: None)
+        # The store's first thread starts on first use: start it now, with
+        # a look for an entry that is not there, so that its stack is not
+        # counted as the index's memory.
+        await store.get("0")
         rss = _status_kib("VmRSS")
         started = time.perf_counter()
         entries = await store.recover()

@@ -218,3 +218,33 @@ def test_session_cpu_refuses_a_round_without_acceptances(tmp_path: pathlib.Path)
     )
     assert result.returncode == 1, result.stdout + result.stderr
     assert "0 of 3 messages were accepted" in result.stderr, result.stderr
+
+
+SPOOL_COMMIT = REPO / "benchmarks" / "spool_commit.py"
+
+
+def test_spool_commit_tiny_run(tmp_path: pathlib.Path) -> None:
+    """
+    The spool benchmark (benchmarks/spool_commit.py) on 60 messages: it exits
+    0, prints a row for each variant, and its JSON has a run per round and
+    variant, in which the spool made at least one fsync per message and the
+    claim round emptied the spool (the script fails otherwise).
+    """
+    out = tmp_path / "results.json"
+    result = subprocess.run(
+        [sys.executable, str(SPOOL_COMMIT), "--messages", "60", "--writers", "5",
+         "--rounds", "2", "--dir", str(tmp_path), "--json", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    variants = [line.split("|")[1].strip() for line in result.stdout.splitlines()
+                if line.startswith("| ") and not line.startswith("| variant")]
+    assert variants == ["spool", "raw", "claim"], result.stdout
+    assert "plumbing (spool - raw, user+sys µs/msg): median" in result.stdout, result.stdout
+    saved = json.loads(out.read_text(encoding="utf-8"))["runs"]
+    assert {variant: len(runs) for variant, runs in saved.items()} == {
+        "spool": 2, "raw": 2, "claim": 2}
+    for run in saved["spool"]:
+        assert run["fsyncs"] >= 1 and 0 < run["dir_fsyncs"] <= 1, run
+        assert run["msgs_s"] > 0, run
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"], "temporary spools left"

@@ -4,9 +4,10 @@ Queue ids: short, filename-safe, and sorted roughly by the time they were made.
 
 from __future__ import annotations
 
+import random as _random
 from typing import Protocol
 
-__all__ = ["QUEUE_ID_LENGTH", "RandomSource", "new_queue_id", "queue_id_time"]
+__all__ = ["QUEUE_ID_LENGTH", "RandomSource", "id_source", "new_queue_id", "queue_id_time"]
 
 # Crockford's base32: digits and upper-case letters without I, L, O and U.
 # Its characters sort in the same order as the values they encode, so ids
@@ -24,6 +25,23 @@ class RandomSource(Protocol):
     """What a store needs of a :class:`random.Random`."""
 
     def getrandbits(self, k: int, /) -> int: ...
+
+
+def id_source(seed_from: RandomSource | None) -> _random.Random:
+    """
+    A fast source of the random bits of queue ids, seeded once with 128
+    bits of *seed_from*, such as the :class:`random.SystemRandom` that
+    components are given; with ``None``, from the system's source.
+
+    Queue ids need to be unique, not secret: the stores check them for
+    collisions. Reading the system's source for every id costs a system
+    call, and the interpreter's lock is given up and taken back around it
+    while the store's threads wait for that lock; a Mersenne Twister seeded
+    from it costs neither.
+    """
+    if seed_from is None:
+        return _random.Random()
+    return _random.Random(seed_from.getrandbits(128))
 
 
 def new_queue_id(random: RandomSource, now: float) -> str:

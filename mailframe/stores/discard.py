@@ -18,7 +18,7 @@ from mailframe.components import ComponentMaker
 from mailframe.envelope import EntryState, Envelope, QueueEntry, QueueStats
 from mailframe.interfaces import IQueueStore, IQueueWriter
 from mailframe.stores._errors import NoSuchEntry
-from mailframe.stores._ids import RandomSource, new_queue_id
+from mailframe.stores._ids import RandomSource, id_source, new_queue_id
 
 __all__ = ["DiscardQueueStore", "discard_maker"]
 
@@ -125,7 +125,7 @@ class DiscardQueueStore:
 
 
 def _build(settings: Any, context: Any) -> DiscardQueueStore:
-    return DiscardQueueStore(context.reactor, random=context.random)
+    return DiscardQueueStore(context.reactor, random=id_source(context.random))
 
 
 #: The ``discard`` store plugin: for benchmarks only.

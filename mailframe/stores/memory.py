@@ -20,7 +20,7 @@ from mailframe.components import ComponentMaker
 from mailframe.envelope import EntryState, Envelope, QueueEntry, QueueStats
 from mailframe.interfaces import IQueueStore, IQueueWriter
 from mailframe.stores._errors import EntryStateError, NoSuchEntry, check_recipients
-from mailframe.stores._ids import RandomSource, new_queue_id
+from mailframe.stores._ids import RandomSource, id_source, new_queue_id
 from mailframe.stores._index import QueueIndex
 from mailframe.stores._pressure import DEFAULT_HIGH_WATER, GatedWriter, ProducerGate, WriterState
 
@@ -326,7 +326,7 @@ class _MemoryWriter(GatedWriter):
 
 
 def _build_memory(settings: Any, context: Any) -> MemoryQueueStore:
-    return MemoryQueueStore(context.reactor, random=context.random)
+    return MemoryQueueStore(context.reactor, random=id_source(context.random))
 
 
 #: The ``memory`` store plugin: not durable, so it starts only with

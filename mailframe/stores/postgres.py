@@ -67,7 +67,7 @@ from mailframe.stores._errors import (
     StoreUnavailable,
     check_recipients,
 )
-from mailframe.stores._ids import RandomSource, new_queue_id
+from mailframe.stores._ids import RandomSource, id_source, new_queue_id
 from mailframe.stores._pgschema import (
     SchemaMismatch,
     current_version,
@@ -1312,7 +1312,7 @@ def _build_postgres(settings: Any, context: Any) -> PostgresQueueStore:
         chunk_size=settings["chunk_size"],
         orphan_age=settings["orphan_age"],
         connect_timeout=settings["connect_timeout"],
-        random=context.random,
+        random=id_source(context.random),
         statement_timeout=settings["statement_timeout"],
     )
 

@@ -39,8 +39,8 @@ pays far fewer than one directory ``fsync`` per message. A new ``.env`` is
 durable before :meth:`~SpoolQueueStore.record` fires. Moves between
 ``incoming/``, ``active/`` and ``deferred/`` are not ``fsync``\\ ed: a crash
 that undoes one leaves the entry in a state that recovery makes due again.
-Every ``fsync``, and all file I/O larger than a ``stat``, runs in a thread
-pool and never on the reactor thread.
+Every ``fsync``, and all file I/O larger than a ``stat``, runs in one of
+the store's few threads and never on the reactor thread.
 
 Leases live in the memory of the server process that claimed the entry.
 On start, :meth:`SpoolQueueStore.recover` throws away partial writes and
@@ -74,17 +74,15 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
-from random import SystemRandom
-from typing import Any, BinaryIO, ParamSpec, Protocol, TypeVar, cast
+from random import Random
+from typing import Any, BinaryIO, Protocol, TypeVar, cast
 
 import attrs
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorFromThreads, IReactorTime
-from twisted.internet.threads import deferToThreadPool
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from mailframe.address import NULL_PATH
@@ -98,7 +96,7 @@ from mailframe.envelope import (
 )
 from mailframe.interfaces import IQueueStore, IQueueWriter
 from mailframe.stores._errors import EntryStateError, NoSuchEntry, check_recipients
-from mailframe.stores._ids import RandomSource, new_queue_id, queue_id_time
+from mailframe.stores._ids import RandomSource, id_source, new_queue_id, queue_id_time
 from mailframe.stores._index import QueueIndex
 from mailframe.stores._pressure import (
     DEFAULT_HIGH_WATER,
@@ -108,6 +106,13 @@ from mailframe.stores._pressure import (
     then,
 )
 from mailframe.stores._serialize import CorruptEntryError, entry_from_json, entry_to_json
+from mailframe.stores._threads import (
+    DEFAULT_THREADS,
+    PoolRunner,
+    Runner,
+    ThreadPoolLike,
+    ThreadRunner,
+)
 
 __all__ = ["DEFAULT_MIN_FREE", "WRITE_CHUNK", "SpoolQueueStore", "SpoolReactor"]
 
@@ -137,7 +142,6 @@ _TRAILER = struct.Struct(">Q8s")
 _MAGIC = b"MFENTRY1"
 
 _log = Logger(namespace="mailframe.stores.spool")
-_P = ParamSpec("_P")
 _R = TypeVar("_R")
 _T = TypeVar("_T")
 _Entries = list[QueueEntry]
@@ -159,7 +163,7 @@ _STATES = (
 
 
 class SpoolReactor(Protocol):
-    """What the spool needs of a reactor: its clock, and its threads."""
+    """What the spool needs of a reactor: its clock, and a way back from threads."""
 
     def seconds(self) -> float: ...
 
@@ -170,8 +174,6 @@ class SpoolReactor(Protocol):
     def callFromThread(
         self, callable: Callable[..., Any], *args: object, **kwargs: object
     ) -> None: ...
-
-    def getThreadPool(self) -> ThreadPool: ...
 
 
 @attrs.frozen
@@ -275,12 +277,16 @@ class SpoolQueueStore:
     operations, which read the directories rather than the server's memory.
 
     :param path: the spool directory; made by :meth:`recover` if missing.
-    :param reactor: the reactor: its clock, and its thread pool unless
-        *threadpool* is given.
-    :param threadpool: where file I/O and every ``fsync`` run; by default
-        ``reactor.getThreadPool()``.
-    :param random: the random source of queue ids; by default
-        :class:`random.SystemRandom`.
+    :param reactor: the reactor: its clock, and ``callFromThread`` to bring
+        the threads' results back.
+    :param threadpool: where file I/O and every ``fsync`` run, if given
+        (anything with ``callInThreadWithCallback``, such as a Twisted
+        :class:`~twisted.python.threadpool.ThreadPool`); by default the
+        store's own *threads* threads, started as they are needed and
+        ended by :meth:`stop` (or when the reactor shuts down).
+    :param random: the random source of queue ids; by default a
+        :class:`random.Random` seeded from the system's source. The ids need
+        to be unique, not secret, and the store checks them for collisions.
     :param min_free: octets of free space to keep; 0 keeps none, though
         :meth:`has_room` still wants twice a message's size.
     :param high_water: octets a writer holds (buffered or being written)
@@ -290,6 +296,8 @@ class SpoolQueueStore:
         ``active/<slot>/``, its partial writes to ``tmp/<slot>/``, and its
         :meth:`recover` touches only those. ``None`` for a server that owns
         the spool alone, and for the ``mailframe queue`` command.
+    :param threads: how many threads of its own the store runs, when no
+        *threadpool* is given.
 
     :ivar stats_fsyncs: ``fsync`` calls made, of files and directories.
     :ivar stats_dir_fsyncs: ``fsync`` calls made of directories.
@@ -300,11 +308,12 @@ class SpoolQueueStore:
         self,
         path: str | os.PathLike[str],
         reactor: SpoolReactor,
-        threadpool: ThreadPool | None = None,
+        threadpool: ThreadPoolLike | None = None,
         random: RandomSource | None = None,
         min_free: int = DEFAULT_MIN_FREE,
         high_water: int = DEFAULT_HIGH_WATER,
         slot: str | None = None,
+        threads: int = DEFAULT_THREADS,
     ) -> None:
         if slot is not None and not _SLOT.match(slot):
             raise ValueError(f"a worker slot is 1 to 32 letters, digits, - or _, not {slot!r}")
@@ -316,8 +325,11 @@ class SpoolQueueStore:
         self.stats_dir_fsyncs = 0
         self.stats_corrupt = 0
         self._reactor = reactor
-        self._pool = threadpool if threadpool is not None else reactor.getThreadPool()
-        self._random: RandomSource = random if random is not None else SystemRandom()
+        self._runner: Runner = (
+            PoolRunner(reactor, threadpool) if threadpool is not None
+            else ThreadRunner(reactor, threads, "mailframe-spool")
+        )
+        self._random: RandomSource = random if random is not None else Random()
         self._layout = _Layout(self.path, slot)
         self._lock = threading.Lock()
         self._index = QueueIndex()
@@ -330,7 +342,6 @@ class SpoolQueueStore:
         # Per entry, the last of its file operations, so that they run in
         # the order they were asked for.
         self._tails: dict[str, Deferred[None]] = {}
-        self._jobs: set[Deferred[Any]] = set()
         self._syncers: dict[str, _DirSyncer] = {}
         self._recovering = False
         self._recovered = False
@@ -629,9 +640,10 @@ class SpoolQueueStore:
 
     def stop(self) -> Deferred[None]:
         """
-        Stop watching the ``trigger`` file, and wait for file operations.
-        Then log how many ``fsync`` calls the spool made since it started,
-        and how many of them were of directories: group commit shows as far
+        Stop watching the ``trigger`` file, wait for file operations, and
+        end the store's threads (a later operation starts them again). Then
+        log how many ``fsync`` calls the spool made since it started, and
+        how many of them were of directories: group commit shows as far
         fewer directory ``fsync`` calls than messages.
         """
         if self._watch is not None and self._watch.active():
@@ -644,7 +656,11 @@ class SpoolQueueStore:
                 path=self.path, fsyncs=self.stats_fsyncs, dir_fsyncs=self.stats_dir_fsyncs,
             )
 
-        return self.wait_idle().addCallback(stopped)
+        def idle(_: None) -> None:
+            self._runner.stop()
+            stopped(None)
+
+        return self.wait_idle().addCallback(idle)
 
     def wait_idle(self) -> Deferred[None]:
         """
@@ -652,10 +668,7 @@ class SpoolQueueStore:
         removal of an aborted message; for an orderly shutdown, and for
         tests.
         """
-        if not self._jobs:
-            return defer.succeed(None)
-        pending: Deferred[Any] = defer.DeferredList(list(self._jobs))
-        return pending.addCallback(lambda _: self.wait_idle())
+        return self._runner.when_idle()
 
     # -- reactor-side helpers -------------------------------------------------
 
@@ -671,18 +684,9 @@ class SpoolQueueStore:
             syncer = self._syncers[directory] = _DirSyncer(self, directory)
         return syncer
 
-    def _in_thread(self, f: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> Deferred[_R]:
-        """Run *f* in the thread pool; :meth:`wait_idle` waits for it."""
-        reactor = cast(IReactorFromThreads, self._reactor)
-        d = deferToThreadPool(reactor, self._pool, f, *args, **kwargs)
-        self._jobs.add(d)
-
-        def finished(result: object) -> object:
-            self._jobs.discard(d)
-            return result
-
-        d.addBoth(finished)
-        return d
+    def _in_thread(self, f: Callable[..., _R], *args: Any) -> Deferred[_R]:
+        """Run *f* in a thread; :meth:`wait_idle` waits for it."""
+        return self._runner.run(f, *args)
 
     def _serially(self, queue_id: str, op: Callable[[], Deferred[_T]]) -> Deferred[_T]:
         """Run *op* after every file operation asked before for this entry."""
@@ -795,7 +799,7 @@ class SpoolQueueStore:
         d = self._in_thread(self._scan_states, self._reactor.seconds())
         d.addCallback(scanned).addBoth(finished)
 
-    # -- in the thread pool ---------------------------------------------------
+    # -- in the store's threads ------------------------------------------------
 
     def _fsync(self, fd: int) -> None:
         os.fsync(fd)
@@ -1441,7 +1445,7 @@ class _SpoolWriter(GatedWriter):
 
         self._chain(cleanup).addErrback(failed)
 
-    # -- in the thread pool ------------------------------------------------------
+    # -- in the store's threads ---------------------------------------------------
 
     def _temporary(self) -> str:
         return self._store._layout.temporary(self.queue_id, ".msg")
@@ -1605,7 +1609,7 @@ def _read_trailer(path: str) -> bytes:
 
 def _build_spool(settings: Any, context: Any) -> SpoolQueueStore:
     return SpoolQueueStore(
-        context.config.queue_dir, context.reactor, random=context.random,
+        context.config.queue_dir, context.reactor, random=id_source(context.random),
         min_free=settings["min_free"], slot=getattr(context, "worker", None),
     )
 

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mailframe.stores import QUEUE_ID_LENGTH, new_queue_id
+from mailframe.stores._ids import id_source
 
 ID = re.compile(r"[0-9A-HJKMNP-TV-Z]{18}\Z")
 
@@ -39,3 +40,49 @@ def test_random_within_a_millisecond() -> None:
 
 def test_deterministic_with_a_seeded_source() -> None:
     assert new_queue_id(random.Random(1), 5.0) == new_queue_id(random.Random(1), 5.0)
+
+
+class CountingSource:
+    """A system-like source that counts how often it is read."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+        self._source = random.Random(3)
+
+    def getrandbits(self, k: int, /) -> int:
+        self.reads += 1
+        return self._source.getrandbits(k)
+
+
+def test_id_source_reads_its_seed_once() -> None:
+    source = CountingSource()
+    ids = id_source(source)
+    made = {new_queue_id(ids, 1_700_000_000.0) for _ in range(1000)}
+    assert len(made) == 1000
+    assert source.reads == 1
+    # Two sources seeded from different bits give different ids.
+    other = id_source(random.Random(4))
+    assert new_queue_id(other, 1_700_000_000.0) not in made
+    # A context without a source: the system's seeds the generator.
+    assert new_queue_id(id_source(None), 1_700_000_000.0) not in made
+
+
+def test_store_makers_seed_their_own_source() -> None:
+    """The built-in stores' makers read the context's source once, not per id."""
+    from types import SimpleNamespace
+
+    from twisted.internet.task import Clock
+
+    from mailframe.stores.discard import _build as build_discard
+    from mailframe.stores.memory import _build_memory
+    from mailframe.stores.spool import _build_spool
+
+    for build, settings in ((build_discard, {}), (_build_memory, {}),
+                            (_build_spool, {"min_free": 0})):
+        source = CountingSource()
+        context = SimpleNamespace(reactor=Clock(), random=source,
+                                  config=SimpleNamespace(queue_dir="/nonexistent"))
+        store = build(settings, context)
+        assert source.reads == 1, build
+        assert isinstance(store._random, random.Random), build  # type: ignore[attr-defined]
+        assert not isinstance(store._random, random.SystemRandom), build  # type: ignore[attr-defined]

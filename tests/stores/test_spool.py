@@ -181,8 +181,8 @@ class SpoolTests(_SpoolFiles, TestCase):
         self.path = temp_dir(self)
 
     def make(self, **kwargs: Any) -> SpoolQueueStore:
+        """A store on the real reactor, with threads of its own unless given a pool."""
         kwargs.setdefault("reactor", reactor)
-        kwargs.setdefault("threadpool", self.pool)
         kwargs.setdefault("min_free", 0)
         store = SpoolQueueStore(self.path, **kwargs)
         self.addCleanup(store.stop)
@@ -722,7 +722,7 @@ class SpoolTests(_SpoolFiles, TestCase):
         With one thread, all commits queue before the first directory fsync,
         which covers the first; the second covers all the others.
         """
-        store = yield self.recovered(threadpool=started_pool(self, threads=1))
+        store = yield self.recovered(threads=1)
         before = store.stats_dir_fsyncs
         writers = [store.open_writer() for _ in range(10)]
         commits = []
