@@ -4,7 +4,9 @@ The benchmarks run: a tiny run of the client benchmark
 prints a table with both clients, and a run of the queue benchmark
 (benchmarks/queue_scale.py) on 500 entries exits 0 and prints every row,
 and a tiny run of the server benchmark (benchmarks/mta_bench.py) prints a
-row of figures for every scenario. They say nothing about speed.
+row of figures for every scenario, and a tiny run of the delivery
+benchmark (benchmarks/delivery.py) relays every message of both stores to
+a real smtp-sink. They say nothing about speed.
 """
 
 from __future__ import annotations
@@ -248,3 +250,39 @@ def test_spool_commit_tiny_run(tmp_path: pathlib.Path) -> None:
         assert run["fsyncs"] >= 1 and 0 < run["dir_fsyncs"] <= 1, run
         assert run["msgs_s"] > 0, run
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"], "temporary spools left"
+
+
+DELIVERY = REPO / "benchmarks" / "delivery.py"
+
+
+def test_delivery_tiny_run(tmp_path: pathlib.Path) -> None:
+    """
+    The delivery benchmark (benchmarks/delivery.py) on 50 messages, one
+    round, both stores: it exits 0, every run delivered every message to a
+    real smtp-sink, and each store's row has figures.
+    """
+    sink = smtp_sink()
+    out = tmp_path / "results.json"
+    result = subprocess.run(
+        [sys.executable, str(DELIVERY), "--messages", "50", "--rounds", "1",
+         "--smtp-sink", sink, "--timeout", "60", "--json", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    found = {}
+    for line in result.stdout.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if cells and cells[0] in ("spool", "memory"):
+            found[cells[0]] = cells[1:]
+    assert set(found) == {"spool", "memory"}, result.stdout
+    for store, cells in found.items():
+        runs, rate, least, cpu, least_cpu = cells[:5]
+        assert runs == "1", (store, result.stdout)
+        assert float(rate) >= float(least) > 0, (store, result.stdout)
+        assert float(cpu) >= float(least_cpu) > 0, (store, result.stdout)
+    saved = json.loads(out.read_text(encoding="utf-8"))
+    assert {r["store"] for r in saved["runs"]} == {"spool", "memory"}
+    for run in saved["runs"]:
+        assert run["ok"], run
+        assert run["delivered"] == 50 and run["sink_messages"] == 50, run
+        assert run["reactor_us_per_msg"] > 0, run
