@@ -138,6 +138,9 @@ CHUNK_SIZE = 64 * 1024
 #: How long to wait for the reply to QUIT before closing anyway. RFC 5321
 #: names no value; once QUIT is sent nothing more depends on the session.
 QUIT_TIMEOUT = 10.0
+#: Seconds early that a timeout may fire rather than schedule its timer
+#: again for what is left (see ``SMTPClientProtocol._arm``).
+_TIMER_SLACK = 1e-6
 
 #: The TLS options of the "may" and "encrypt" policies, made once.
 _UNVERIFIED: ssl.CertificateOptions | None = None
@@ -499,6 +502,10 @@ class SMTPClientProtocol(Protocol):
         self._events: deque[core.ClientEvent] = deque()
         self._waiter: Deferred[core.ClientEvent] | None = None
         self._timer: interfaces.IDelayedCall | None = None
+        #: When the wait that the timer guards times out, and what it waits
+        #: for (``None``: the reply that :meth:`_awaited` names then).
+        self._deadline: float | None = None
+        self._waiting_for: str | None = None
         self._broken: _Broken | None = None
         self._closing_reply: Reply | None = None
         self._lost = False
@@ -599,7 +606,7 @@ class SMTPClientProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._lost = True
-        self._cancel_timer()
+        self._stop_timer()
         why = reason.getErrorMessage()
         if self._handshake is not None:
             self._break(Reply(451, "4.7.5", f"TLS handshake with {self.host} failed: {why}"),
@@ -673,7 +680,7 @@ class SMTPClientProtocol(Protocol):
         self._waiter = d
         if timeout is None:
             timeout = self.conn.reply_timeout or self.settings.limits.command_timeout
-        self._arm(timeout, self._awaited())
+        self._arm(timeout)
         return d
 
     async def _reply(self, timeout: float | None = None) -> Reply:
@@ -709,7 +716,7 @@ class SMTPClientProtocol(Protocol):
                 self.log.info("SMTP session with {where} ended: {reason}",
                               where=self.where, address=self.address, reason=reason,
                               reply=str(reply))
-        self._cancel_timer()
+        self._stop_timer()
         if not self._lost and self.transport is not None:
             abort = None if graceful else getattr(self.transport, "abortConnection", None)
             (abort or self.transport.loseConnection)()
@@ -723,17 +730,49 @@ class SMTPClientProtocol(Protocol):
         assert self._broken is not None
         return _Broken(self._broken.reply, self._broken.reason)
 
-    def _arm(self, seconds: float, what: str) -> None:
-        self._cancel_timer()
-        self._timer = self.clock.callLater(seconds, self._timed_out, what)
+    def _arm(self, seconds: float, what: str | None = None) -> None:
+        """
+        Time out in *seconds* unless :meth:`_cancel_timer` is called first.
+
+        Every reply is waited for with a timeout, several times a message:
+        rather than a timer scheduled and cancelled for each, one timer
+        stays scheduled, and when it fires before the current deadline it
+        is scheduled again for the rest (see :meth:`_timer_fired`).
+        """
+        deadline = self.clock.seconds() + seconds
+        self._deadline, self._waiting_for = deadline, what
+        timer = self._timer
+        if timer is not None and timer.active():
+            if timer.getTime() <= deadline:
+                return
+            timer.cancel()
+        self._timer = self.clock.callLater(seconds, self._timer_fired)
 
     def _cancel_timer(self) -> None:
+        """Nothing is waited for now; the timer, if any, does nothing when it fires."""
+        self._deadline = None
+
+    def _stop_timer(self) -> None:
+        """Cancel the timer itself: the session is over."""
+        self._deadline = None
         timer, self._timer = self._timer, None
         if timer is not None and timer.active():
             timer.cancel()
 
-    def _timed_out(self, what: str) -> None:
+    def _timer_fired(self) -> None:
         self._timer = None
+        deadline = self._deadline
+        if deadline is None:
+            return
+        left = deadline - self.clock.seconds()
+        if left > _TIMER_SLACK:
+            self._timer = self.clock.callLater(left, self._timer_fired)
+            return
+        what = self._waiting_for
+        self._timed_out(what if what is not None else self._awaited())
+
+    def _timed_out(self, what: str) -> None:
+        self._deadline = None
         # RFC 3463 §3.5: X.4.2, bad connection.
         self._break(Reply(451, "4.4.2", f"Timed out waiting for {what} from {self.host}"),
                     f"timed out waiting for {what}")
@@ -926,7 +965,7 @@ class SMTPClientProtocol(Protocol):
             except core.LocalProtocolError:
                 pass
         if not self._lost and self.transport is not None:
-            self._cancel_timer()
+            self._stop_timer()
             self.transport.loseConnection()
 
     @property

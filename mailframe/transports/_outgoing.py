@@ -54,6 +54,9 @@ class OutgoingMessage:
     """
     The message of one delivery, as it is sent.
 
+    :ivar file: the stored message, at any position: it is read from its
+        start, after a seek.
+
     :ivar renew: renews the lease of the entry being delivered; the client
         calls it before the message data and again before the final dot,
         and ends the transaction without the dot when it fails, so that a
@@ -81,9 +84,9 @@ async def open_outgoing(store: IQueueStore, entry: QueueEntry) -> OutgoingMessag
     file: IO[bytes] = await store.open_message(entry.queue_id)
     try:
         prefix = b"".join(header.encode("utf-8") + b"\r\n" for header in envelope.added_headers)
-        file.seek(0, os.SEEK_END)
-        size = len(prefix) + file.tell()
-        file.seek(0)
+        # Not sought back: whoever reads it (the client's transaction, the
+        # header scan) starts with a seek to its start.
+        size = len(prefix) + file.seek(0, os.SEEK_END)
         utf8 = envelope.smtputf8 and header_has_non_ascii(prefix, file)
     except BaseException:
         file.close()

@@ -80,7 +80,7 @@ import random as _random
 import re
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import attrs
 from twisted.internet import ssl
@@ -146,6 +146,12 @@ DEFAULT_IDLE_TIMEOUT = 30.0
 #: Seconds to wait for a TCP connection to be accepted, as Postfix's
 #: ``smtp_connect_timeout``.
 DEFAULT_CONNECT_TIMEOUT = 30.0
+#: Seconds early that an idle connection may be closed rather than its
+#: timer scheduled again for what is left.
+_TIMER_SLACK = 1e-6
+#: Routes and domains whose destinations are remembered; past this many,
+#: the memory is cleared and fills again.
+_DESTINATION_CACHE = 4096
 
 _PEM_CERTIFICATE = re.compile(
     rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL
@@ -367,16 +373,36 @@ def _is_address(text: str) -> bool:
     return True
 
 
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+def _remember(cache: dict[_K, _V], key: _K, value: _V) -> None:
+    """Keep *value* for *key* in *cache*, which is cleared when it is full."""
+    if len(cache) >= _DESTINATION_CACHE:
+        cache.clear()
+    cache[key] = value
+
+
 # -- connections -------------------------------------------------------------------
 
 
 class _Connection:
-    """A session of the pool of a destination."""
+    """
+    A session of the pool of a destination.
+
+    :ivar idle_since: when it was last put back in its pool.
+    :ivar idle_timer: checks, once :attr:`SMTPTransportSettings.idle_timeout`
+        has passed, whether it has been idle that long. It is left
+        scheduled while the connection is busy, rather than scheduled and
+        cancelled for every message.
+    """
 
     def __init__(self, protocol: SMTPClientProtocol, pool: _Pool) -> None:
         self.protocol = protocol
         self.pool = pool
         self.holds_slot = True
+        self.idle_since = 0.0
         self.idle_timer: IDelayedCall | None = None
 
     def stop_timer(self) -> None:
@@ -434,6 +460,12 @@ class SMTPTransport:
         self._opening: set[SMTPClientProtocol] = set()
         self._connecting: set[Deferred[Any]] = set()
         self._stopping = False
+        # What _destinations made of routes with a nexthop or a domain, of
+        # the domains of routes without, and the hosts of destinations
+        # that need no lookup: each is worked out once, not per message.
+        self._route_destinations: dict[Route, _Destination] = {}
+        self._domain_destinations: dict[tuple[str, TLSPolicy | None], _Destination] = {}
+        self._static_hosts: dict[_Destination, list[tuple[str, str]]] = {}
 
     # -- IDeliveryTransport ------------------------------------------------------------
 
@@ -526,6 +558,18 @@ class SMTPTransport:
     def _destinations(
         self, route: Route, recipients: list[tuple[Mailbox, Mailbox]]
     ) -> list[tuple[_Destination, list[int]]]:
+        found = self._route_destinations.get(route)
+        if found is not None:
+            return [(found, list(range(len(recipients))))]
+        groups = self._work_out_destinations(route, recipients)
+        args = route.arguments
+        if "nexthop" in args or "domain" in args:
+            _remember(self._route_destinations, route, groups[0][0])
+        return groups
+
+    def _work_out_destinations(
+        self, route: Route, recipients: list[tuple[Mailbox, Mailbox]]
+    ) -> list[tuple[_Destination, list[int]]]:
         args = route.arguments
         text_policy = args.get("tls")
         if text_policy is not None and text_policy not in TLS_POLICIES:
@@ -554,6 +598,15 @@ class SMTPTransport:
         return list(groups.items())
 
     def _mx_destination(self, domain: str, override: TLSPolicy | None) -> _Destination:
+        key = (domain, override)
+        found = self._domain_destinations.get(key)
+        if found is None:
+            found = self._work_out_mx_destination(domain, override)
+            _remember(self._domain_destinations, key, found)
+        return found
+
+    def _work_out_mx_destination(self, domain: str, override: TLSPolicy | None
+                                 ) -> _Destination:
         address = _literal(domain)
         if address is not None:
             policy = override or self._policy(domain.lower())
@@ -572,15 +625,19 @@ class SMTPTransport:
 
     async def _hosts(self, destination: _Destination) -> list[tuple[str, str]]:
         """``(host name, address)`` to try, in order."""
-        if destination.kind == "literal":
-            return [(destination.name, destination.name)]
+        static = self._static_hosts.get(destination)
+        if static is not None:
+            return list(static)
+        if destination.kind == "literal" or (destination.kind == "nexthop"
+                                             and _is_address(destination.name)):
+            static = [(destination.name, destination.name)]
+            _remember(self._static_hosts, destination, static)
+            return list(static)
         if destination.kind == "mx":
             hosts: list[MXHost] = await resolve_mx(
                 self.resolver, destination.name, self._our_names, self.random,
                 self.settings.max_addresses)
             return [(mx.host, address) for mx in hosts for address in mx.addresses]
-        if _is_address(destination.name):
-            return [(destination.name, destination.name)]
         try:
             addresses: list[str] = await self.resolver.lookup_address(destination.name)
         except DNSNameNotFound:
@@ -670,7 +727,6 @@ class SMTPTransport:
             pool = self._pools[destination] = _Pool(destination)
         while pool.idle:
             connection = pool.idle.pop()
-            connection.stop_timer()
             if connection.protocol.usable:
                 return connection
             self._retire(connection)
@@ -701,14 +757,24 @@ class SMTPTransport:
             pool.waiters.popleft().callback(connection)
             return
         pool.idle.append(connection)
-        connection.idle_timer = self.reactor.callLater(
-            self.settings.idle_timeout, self._idle_expired, connection)
+        connection.idle_since = self.reactor.seconds()
+        timer = connection.idle_timer
+        if timer is None or not timer.active():
+            connection.idle_timer = self.reactor.callLater(
+                self.settings.idle_timeout, self._idle_check, connection)
 
-    def _idle_expired(self, connection: _Connection) -> None:
+    def _idle_check(self, connection: _Connection) -> None:
+        """Close *connection* if it has been idle for the idle timeout, else look again then."""
         connection.idle_timer = None
-        if connection in connection.pool.idle:
-            connection.pool.idle.remove(connection)
-            self._retire(connection)
+        if connection not in connection.pool.idle:
+            # Busy: _release schedules the next look.
+            return
+        left = connection.idle_since + self.settings.idle_timeout - self.reactor.seconds()
+        if left > _TIMER_SLACK:
+            connection.idle_timer = self.reactor.callLater(left, self._idle_check, connection)
+            return
+        connection.pool.idle.remove(connection)
+        self._retire(connection)
 
     def _retire(self, connection: _Connection) -> None:
         """Close *connection* (with QUIT when it can), and free its slot."""

@@ -650,6 +650,35 @@ class BreakTests(SynchronousTestCase):
             self.assertIn(f"the reply to {what}", result.reply.text[0])
             self.assertTrue(session.transport.disconnected)
 
+    def test_each_wait_has_its_whole_timeout(self) -> None:
+        """
+        One timer serves every wait: a reply that comes just before its
+        timeout gives the next wait its whole timeout, not what was left.
+        """
+        limits = ClientLimits()
+        session = ready()
+        d = session.protocol.deliver(transaction(BOB))
+        session.clock.advance(limits.mail_timeout - 1)
+        session.server("250 OK")
+        session.clock.advance(limits.rcpt_timeout - 1)
+        self.assertNoResult(d)
+        self.assertEqual(len(session.clock.getDelayedCalls()), 1)
+        session.clock.advance(1)
+        [result] = self.successResultOf(d)
+        self.assertEqual(result.reply.status, "4.4.2")
+        self.assertIn("the reply to RCPT", result.reply.text[0])
+
+    def test_an_idle_session_does_not_time_out(self) -> None:
+        """Once its transaction is done, a session waits for nothing, however long."""
+        session = ready()
+        d = session.protocol.deliver(transaction(BOB))
+        session.server("250 OK", "250 OK", "354 Go", "250 OK")
+        self.assertEqual(self.successResultOf(d)[0].status, DeliveryStatus.DELIVERED)
+        session.clock.advance(ClientLimits().data_termination_timeout * 2)
+        self.assertEqual(session.clock.getDelayedCalls(), [])
+        self.assertTrue(session.protocol.usable)
+        self.assertFalse(session.transport.disconnected)
+
     def test_final_dot_timeout(self) -> None:
         session = ready()
         d = session.protocol.deliver(transaction(BOB))

@@ -763,6 +763,21 @@ class ReuseTests(SynchronousTestCase):
         [result] = harness.deliver(harness.queue(), MX)
         self.assertEqual(result.reply.status, "4.3.2")
 
+    def test_idle_time_counts_from_the_last_message(self) -> None:
+        """A connection reused before its idle timeout gets the whole timeout again."""
+        harness = Harness(self, tls="none")
+        server = MailServer(harness.network, "192.0.2.1")
+        idle = harness.settings.idle_timeout
+        harness.deliver(harness.queue(), MX)
+        harness.network.advance(idle - 1)
+        harness.deliver(harness.queue(), MX)
+        harness.network.advance(idle - 1)
+        self.assertEqual(harness.transport.open_connections, 1)
+        harness.network.advance(1)
+        self.assertEqual(harness.transport.open_connections, 0)
+        self.assertEqual(server.sessions, 1)
+        self.assertEqual(harness.network.reactor.getDelayedCalls(), [])
+
     def test_stop_when_idle(self) -> None:
         harness = Harness(self, tls="none")
         MailServer(harness.network, "192.0.2.1")
