@@ -384,7 +384,8 @@ class QueueRunner(Service):
             await self.store.record(entry)
             return
         now = self.clock.seconds()
-        entry = await self._send_reports(entry, {}, now)
+        if any(r.report is not None for r in entry.recipients):
+            entry = await self._send_reports(entry, {}, now)
         if entry.pending:
             outcomes = await self._deliver_pending(entry)
             now = self.clock.seconds()
@@ -511,22 +512,22 @@ class QueueRunner(Service):
             if result is None:
                 recipients.append(queued)
                 continue
-            changed = attrs.evolve(queued, attempts=queued.attempts + 1, reply=result.reply,
-                                   remote=result.remote)
+            # One evolve for each recipient: it is most of what this costs.
             if result.status is DeliveryStatus.DELIVERED:
                 report = None
                 if result.handoff is not Handoff.PASSED_ON:
                     report = self._owed(envelope, queued.mailbox, result.handoff.value)
-                changed = attrs.evolve(changed, state=RecipientState.DELIVERED, report=report)
+                change: dict[str, Any] = {"state": RecipientState.DELIVERED, "report": report}
             elif result.status is DeliveryStatus.PERMANENT:
-                changed = attrs.evolve(changed, state=RecipientState.BOUNCED,
-                                       report=self._owed(envelope, queued.mailbox, "failed"))
+                change = {"state": RecipientState.BOUNCED,
+                          "report": self._owed(envelope, queued.mailbox, "failed")}
             elif now >= expires:
-                changed = attrs.evolve(changed, state=RecipientState.EXPIRED,
-                                       report=self._owed(envelope, queued.mailbox, "failed"))
+                change = {"state": RecipientState.EXPIRED,
+                          "report": self._owed(envelope, queued.mailbox, "failed")}
             else:
-                changed = attrs.evolve(changed, next_attempt=next_attempt)
-            recipients.append(changed)
+                change = {"next_attempt": next_attempt}
+            recipients.append(attrs.evolve(queued, attempts=queued.attempts + 1,
+                                           reply=result.reply, remote=result.remote, **change))
         evolved = attrs.evolve(entry, recipients=tuple(recipients), attempts=attempts)
         self._log_unreported(evolved, outcomes)
         return evolved

@@ -149,6 +149,8 @@ DEFAULT_CONNECT_TIMEOUT = 30.0
 #: Seconds early that an idle connection may be closed rather than its
 #: timer scheduled again for what is left.
 _TIMER_SLACK = 1e-6
+#: The DSN options of a recipient that gave none.
+_NO_DSN = DSNOptions()
 #: Routes and domains whose destinations are remembered; past this many,
 #: the memory is cleared and fills again.
 _DESTINATION_CACHE = 4096
@@ -654,7 +656,8 @@ class SMTPTransport:
     ) -> list[RecipientResult]:
         """Deliver to one destination, in batches, over one connection at a time."""
         try:
-            hosts = await self._hosts(destination)
+            static = self._static_hosts.get(destination)
+            hosts = list(static) if static is not None else await self._hosts(destination)
         except (PermanentDeliveryError, TransientDeliveryError) as error:
             self.log.info("{queue_id}: no hosts for {destination}: {reply}",
                           queue_id=entry.queue_id, destination=str(destination),
@@ -679,7 +682,7 @@ class SMTPTransport:
                     prefix=message.prefix, body=envelope.body, smtputf8=envelope.smtputf8,
                     utf8_headers=message.utf8_headers, auth=envelope.auth,
                     ret=envelope.ret, envid=envelope.envid,
-                    dsn=dsn if any(o != DSNOptions() for o in dsn) else (),
+                    dsn=dsn if any(o != _NO_DSN for o in dsn) else (),
                     checkpoint=message.renew,
                 )
                 retried = False
