@@ -111,7 +111,8 @@ def worker_main(args: argparse.Namespace) -> int:
     out: dict[str, Any] = {"ok": False, "store": args.worker, "messages": count}
     store: Any
     if args.worker == "spool":
-        store = SpoolQueueStore(scratch / "spool", reactor)
+        store = (SpoolQueueStore(scratch / "spool", reactor, threads=args.threads)
+                 if args.threads else SpoolQueueStore(scratch / "spool", reactor))
     else:
         store = MemoryQueueStore(reactor)
     transport = SMTPTransport(store, reactor, MemoryResolver(), random.Random(0),
@@ -243,6 +244,8 @@ def run_once(sink_path: str, store: str, args: argparse.Namespace,
                 "--messages", str(args.messages), "--size", str(args.size),
                 "--timeout", str(max(args.timeout - CHILD_MARGIN, 1.0)),
             ]
+            if args.threads:
+                command += ["--threads", str(args.threads)]
             if profile:
                 command += ["--profile", profile]
             try:
@@ -324,6 +327,9 @@ def parser() -> argparse.ArgumentParser:
                    help="seconds one run may take before its child is killed (default 120)")
     p.add_argument("--smtp-sink", metavar="PATH",
                    help="the smtp-sink program (default: $SMTP_SINK, PATH, /usr/sbin)")
+    p.add_argument("--threads", type=positive, metavar="T",
+                   help="the spool's own threads, where its file operations run"
+                        " (default: the spool's own default)")
     p.add_argument("--json", metavar="PATH", help="also write every run and the summary here")
     p.add_argument("--profile", metavar="PATH",
                    help="instead of the rounds, one profiled run; cProfile statistics to PATH")
@@ -358,7 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "python": sys.version.split()[0],
         "smtp_sink": sink_path,
         "options": {"messages": args.messages, "rounds": args.rounds, "stores": stores,
-                    "size": args.size, "timeout": args.timeout},
+                    "size": args.size, "timeout": args.timeout, "threads": args.threads},
     }
     runs = []
     for number in range(args.rounds):
