@@ -19,7 +19,7 @@ a fresh child Python process (this script with ``--worker``) that:
    their default settings (20 entries at once, 20 connections, no TLS), and
    its log written to a file, as an operator runs it;
 3. measures the wall time, the CPU time of the whole process (user and
-   system, ``getrusage``: the spool's thread pool included) and that of the
+   system, ``getrusage``: the spool's threads included) and that of the
    reactor's thread alone, from the start of the runner until the store
    has recorded every entry as done.
 
