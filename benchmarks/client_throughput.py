@@ -377,12 +377,18 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def run_once(sink_path: str, variant: str, connections: int,
-             args: argparse.Namespace) -> dict[str, Any]:
-    """One run: a fresh sink, one child sending through *variant*, the sink stopped."""
+def run_with_sink(
+    sink_path: str, command_for: Callable[[int, str], list[str]], timeout: float,
+) -> tuple[dict[str, Any], dict[str, int]]:
+    """
+    Start a fresh ``smtp-sink`` on a free loopback port, run the child that
+    ``command_for(port, scratch_directory)`` names, and stop the sink.
+
+    :return: what the child printed as its last line (JSON), or ``ok``
+        false and an ``error``; and the sink's counters.
+    """
     port = free_port()
-    record: dict[str, Any] = {"variant": variant, "connections": connections,
-                              "messages": args.messages, "port": port}
+    outcome: dict[str, Any] = {"port": port}
     argv = [sink_path, "-c"]
     if os.geteuid() == 0:
         argv += ["-u", "nobody"]
@@ -394,43 +400,58 @@ def run_once(sink_path: str, variant: str, connections: int,
                                     stdin=subprocess.DEVNULL)
         try:
             wait_for_greeting(port, sink)
-            command = [
-                sys.executable, str(pathlib.Path(__file__).resolve()),
-                "--worker", variant, "--port", str(port),
-                "--messages", str(args.messages), "--connections", str(connections),
-                "--size", str(args.size),
-                "--timeout", str(max(args.timeout - CHILD_MARGIN, 1.0)),
-            ]
-            try:
-                child = subprocess.run(command, capture_output=True, text=True,
-                                       timeout=args.timeout, env=child_env(),
-                                       stdin=subprocess.DEVNULL)
-            except subprocess.TimeoutExpired:
-                record.update(ok=False, error=f"killed after {args.timeout:g} s")
-                return record
-            lines = child.stdout.strip().splitlines()
-            try:
-                record.update(json.loads(lines[-1]))
-            except (IndexError, ValueError):
-                tail = (child.stderr or child.stdout).strip()[-800:]
-                record.update(ok=False, error=f"exit status {child.returncode}: {tail}")
-                return record
-            if child.returncode != 0 and record.get("ok"):
-                record.update(ok=False, error=f"exit status {child.returncode}")
+            outcome.update(_run_child(command_for(port, tmp), timeout))
             # Let the sink count the sessions that just closed.
             time.sleep(0.2)
         except RuntimeError as error:
-            record.update(ok=False, error=str(error))
+            outcome.update(ok=False, error=str(error))
         finally:
             stop_process(sink)
             seen = sink_counters(counters.read_text(errors="replace"))
-        if seen:
-            # The greeting probe is one session, without a message.
-            record["sink_messages"] = seen.get("mesg", 0)
-            record["sink_sessions"] = max(seen.get("sess", 0) - 1, 0)
-            if record.get("ok") and record["sink_messages"] != record.get("sent"):
-                record.update(ok=False, error=f"the sink counted {record['sink_messages']}"
-                              f" messages, the client {record.get('sent')}")
+    return outcome, seen
+
+
+def _run_child(command: list[str], timeout: float) -> dict[str, Any]:
+    try:
+        child = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                               env=child_env(), stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "error": f"killed after {timeout:g} s"}
+    lines = child.stdout.strip().splitlines()
+    try:
+        result: dict[str, Any] = json.loads(lines[-1])
+    except (IndexError, ValueError):
+        tail = (child.stderr or child.stdout).strip()[-800:]
+        return {"ok": False, "error": f"exit status {child.returncode}: {tail}"}
+    if child.returncode != 0 and result.get("ok"):
+        result.update(ok=False, error=f"exit status {child.returncode}")
+    return result
+
+
+def run_once(sink_path: str, variant: str, connections: int,
+             args: argparse.Namespace) -> dict[str, Any]:
+    """One run: a fresh sink, one child sending through *variant*, the sink stopped."""
+    record: dict[str, Any] = {"variant": variant, "connections": connections,
+                              "messages": args.messages}
+
+    def command(port: int, scratch: str) -> list[str]:
+        return [
+            sys.executable, str(pathlib.Path(__file__).resolve()),
+            "--worker", variant, "--port", str(port),
+            "--messages", str(args.messages), "--connections", str(connections),
+            "--size", str(args.size),
+            "--timeout", str(max(args.timeout - CHILD_MARGIN, 1.0)),
+        ]
+
+    outcome, seen = run_with_sink(sink_path, command, args.timeout)
+    record.update(outcome)
+    if seen:
+        # The greeting probe is one session, without a message.
+        record["sink_messages"] = seen.get("mesg", 0)
+        record["sink_sessions"] = max(seen.get("sess", 0) - 1, 0)
+        if record.get("ok") and record["sink_messages"] != record.get("sent"):
+            record.update(ok=False, error=f"the sink counted {record['sink_messages']}"
+                          f" messages, the client {record.get('sent')}")
     return record
 
 

@@ -46,9 +46,7 @@ import pathlib
 import platform
 import resource
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -56,15 +54,11 @@ from typing import Any
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 from client_throughput import (
-    child_env,
     find_sink,
-    free_port,
     make_message,
     message_size,
     positive,
-    sink_counters,
-    stop_process,
-    wait_for_greeting,
+    run_with_sink,
 )
 
 STORES = ("spool", "memory")
@@ -225,55 +219,28 @@ def worker_main(args: argparse.Namespace) -> int:
 def run_once(sink_path: str, store: str, args: argparse.Namespace,
              profile: str | None = None) -> dict[str, Any]:
     """One run: a fresh sink, one child delivering from *store*, the sink stopped."""
-    port = free_port()
-    record: dict[str, Any] = {"store": store, "messages": args.messages, "port": port}
-    argv = [sink_path, "-c"]
-    if os.geteuid() == 0:
-        argv += ["-u", "nobody"]
-    argv += [f"127.0.0.1:{port}", "1024"]
-    with tempfile.TemporaryDirectory(prefix="mailframe-delivery-") as tmp:
-        counters = pathlib.Path(tmp) / "sink.out"
-        with open(counters, "wb") as out:
-            sink = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL)
-        try:
-            wait_for_greeting(port, sink)
-            command = [
-                sys.executable, str(pathlib.Path(__file__).resolve()),
-                "--worker", store, "--port", str(port), "--scratch", tmp,
-                "--messages", str(args.messages), "--size", str(args.size),
-                "--timeout", str(max(args.timeout - CHILD_MARGIN, 1.0)),
-            ]
-            if args.threads:
-                command += ["--threads", str(args.threads)]
-            if profile:
-                command += ["--profile", profile]
-            try:
-                child = subprocess.run(command, capture_output=True, text=True,
-                                       timeout=args.timeout, env=child_env(),
-                                       stdin=subprocess.DEVNULL)
-            except subprocess.TimeoutExpired:
-                record.update(ok=False, error=f"killed after {args.timeout:g} s")
-                return record
-            lines = child.stdout.strip().splitlines()
-            try:
-                record.update(json.loads(lines[-1]))
-            except (IndexError, ValueError):
-                tail = (child.stderr or child.stdout).strip()[-800:]
-                record.update(ok=False, error=f"exit status {child.returncode}: {tail}")
-                return record
-            # Let the sink count the sessions that just closed.
-            time.sleep(0.2)
-        except RuntimeError as error:
-            record.update(ok=False, error=str(error))
-        finally:
-            stop_process(sink)
-            seen = sink_counters(counters.read_text(errors="replace"))
-        if seen:
-            record["sink_messages"] = seen.get("mesg", 0)
-            if record.get("ok") and record["sink_messages"] != args.messages:
-                record.update(ok=False, error=f"the sink counted {record['sink_messages']}"
-                              f" messages of {args.messages}")
+    record: dict[str, Any] = {"store": store, "messages": args.messages}
+
+    def command(port: int, scratch: str) -> list[str]:
+        argv = [
+            sys.executable, str(pathlib.Path(__file__).resolve()),
+            "--worker", store, "--port", str(port), "--scratch", scratch,
+            "--messages", str(args.messages), "--size", str(args.size),
+            "--timeout", str(max(args.timeout - CHILD_MARGIN, 1.0)),
+        ]
+        if args.threads:
+            argv += ["--threads", str(args.threads)]
+        if profile:
+            argv += ["--profile", profile]
+        return argv
+
+    outcome, seen = run_with_sink(sink_path, command, args.timeout)
+    record.update(outcome)
+    if seen:
+        record["sink_messages"] = seen.get("mesg", 0)
+        if record.get("ok") and record["sink_messages"] != args.messages:
+            record.update(ok=False, error=f"the sink counted {record['sink_messages']}"
+                          f" messages of {args.messages}")
     return record
 
 
