@@ -330,11 +330,13 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def wait_for_greeting(port: int, sink: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + SINK_READY_TIMEOUT
+def wait_for_greeting(port: int, process: subprocess.Popen[bytes], what: str = "smtp-sink",
+                      timeout: float = SINK_READY_TIMEOUT) -> None:
+    """Wait until *process* (named *what*) greets with 220 on *port*."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if sink.poll() is not None:
-            raise RuntimeError(f"smtp-sink exited with status {sink.returncode}")
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with status {process.returncode}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
                 if sock.recv(512).startswith(b"220"):
@@ -344,7 +346,7 @@ def wait_for_greeting(port: int, sink: subprocess.Popen[bytes]) -> None:
         except OSError:
             pass
         time.sleep(0.05)
-    raise RuntimeError(f"no 220 from smtp-sink on port {port} within {SINK_READY_TIMEOUT:g} s")
+    raise RuntimeError(f"no 220 from {what} on port {port} within {timeout:g} s")
 
 
 def stop_process(process: subprocess.Popen[bytes]) -> None:

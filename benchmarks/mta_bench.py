@@ -57,7 +57,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -67,6 +66,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import attrs
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+from client_throughput import free_port, wait_for_greeting
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 TWISTD = pathlib.Path(sys.executable).parent / "twistd"
@@ -173,29 +176,6 @@ def find_tool(name: str, variable: str) -> str | None:
     return None
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def wait_for_greeting(port: int, process: subprocess.Popen[bytes], what: str) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{what} exited with status {process.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
-                if sock.recv(512).startswith(b"220"):
-                    sock.sendall(b"QUIT\r\n")
-                    sock.recv(512)
-                    return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"no 220 from {what} on port {port} within {READY_TIMEOUT:g} s")
-
-
 def stop(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
@@ -289,8 +269,8 @@ def one_run(scenario: Scenario, tools: dict[str, str], timeout: float) -> dict[s
         try:
             if sink is not None:
                 assert sink_port is not None
-                wait_for_greeting(sink_port, sink, "smtp-sink")
-            wait_for_greeting(port, server, "mailframe")
+                wait_for_greeting(sink_port, sink, "smtp-sink", READY_TIMEOUT)
+            wait_for_greeting(port, server, "mailframe", READY_TIMEOUT)
             if scenario.mode == "relay":
                 done = Counter(dump, b"X-Rcpt-Args:")
             elif scenario.mode == "maildir":
