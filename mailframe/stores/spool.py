@@ -35,7 +35,22 @@ that directory itself was ``fsync``\\ ed: before that, a crash could lose the
 new name. One file makes one ``fsync`` per message, and the message and its
 envelope appear together or not at all. Commits that finish while a
 directory ``fsync`` runs share the next one (group commit), so a busy server
-pays far fewer than one directory ``fsync`` per message. A new ``.env`` is
+pays far fewer than one directory ``fsync`` per message.
+
+With ``sync = "filesystem"`` (for a spool on a file system of its own),
+messages share the first ``fsync`` too: the commits that arrive while one
+group is being made durable wait, and then, in one trip to a thread, their
+files are written, one ``syncfs(2)`` makes them all durable, each is renamed
+into place, and the directories that gained names are ``fsync``\\ ed. The
+order of operations, and so what a crash can leave, is the same as above.
+``syncfs`` also writes out every other file of the file system, which is
+why it is not the default: on a file system shared with a busy database
+every commit would wait for its writes. The spool keeps one descriptor of
+its directory open from :meth:`~SpoolQueueStore.recover` on, so that a
+write error of any file since then is reported by the next ``syncfs``; the
+group that it reaches fails (``451``), and from then on each message is
+``fsync``\\ ed on its own, through the descriptor it was written with,
+which reports the errors of that file alone. A new ``.env`` is
 durable before :meth:`~SpoolQueueStore.record` fires. Moves between
 ``incoming/``, ``active/`` and ``deferred/`` are not ``fsync``\\ ed: a crash
 that undoes one leaves the entry in a state that recovery makes due again.
@@ -75,7 +90,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from random import Random
-from typing import Any, BinaryIO, Protocol, TypeVar, cast
+from typing import Any, BinaryIO, Generic, Protocol, TypeVar, cast
 
 import attrs
 from twisted.internet import defer
@@ -86,7 +101,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailframe.address import NULL_PATH
-from mailframe.components import ComponentMaker, Setting
+from mailframe.components import ComponentMaker, Setting, SettingError
 from mailframe.envelope import (
     EntryState,
     Envelope,
@@ -106,6 +121,7 @@ from mailframe.stores._pressure import (
     then,
 )
 from mailframe.stores._serialize import CorruptEntryError, entry_from_json, entry_to_json
+from mailframe.stores._syncfs import load_syncfs
 from mailframe.stores._threads import (
     DEFAULT_THREADS,
     PoolRunner,
@@ -114,7 +130,19 @@ from mailframe.stores._threads import (
     ThreadRunner,
 )
 
-__all__ = ["DEFAULT_MIN_FREE", "WRITE_CHUNK", "SpoolQueueStore", "SpoolReactor"]
+__all__ = [
+    "DEFAULT_MIN_FREE",
+    "SYNC_FILE",
+    "SYNC_FILESYSTEM",
+    "WRITE_CHUNK",
+    "SpoolQueueStore",
+    "SpoolReactor",
+]
+
+#: Each message's file is ``fsync``\\ ed on its own: the default.
+SYNC_FILE = "file"
+#: Messages committed together share one ``syncfs`` of the spool's file system.
+SYNC_FILESYSTEM = "filesystem"
 
 #: Free space kept on the spool's file system: below it, :meth:`has_room`
 #: says no, and the server answers ``452`` (insufficient system storage,
@@ -149,6 +177,11 @@ _Taken = list[tuple[str, EntryState]]
 _Names = list[str]
 _Found_ = list["_Found"]
 _Reasons = list[tuple[str, str]]
+# A message to commit with others: its writer, the rest of its data, and
+# its entry's JSON; and what became of each of several.
+_Commit = tuple["_SpoolWriter", bytes, bytes]
+_Commits = list[_Commit]
+_Errors = list[OSError | None]
 # File names the spool reads back: a queue id, then its suffix.
 _QUEUE_ID = re.compile(r"[0-9A-Za-z_-]{1,64}\Z")
 #: The name of a worker's slot: its own ``active/`` and ``tmp/`` directory.
@@ -298,9 +331,16 @@ class SpoolQueueStore:
         the spool alone, and for the ``mailframe queue`` command.
     :param threads: how many threads of its own the store runs, when no
         *threadpool* is given.
+    :param sync: how a commit makes its message durable: :data:`SYNC_FILE`
+        (one ``fsync`` per message) or :data:`SYNC_FILESYSTEM` (one
+        ``syncfs`` for the messages committed together; see the module's
+        documentation).
+    :raises ValueError: for a *sync* that is unknown or, for
+        :data:`SYNC_FILESYSTEM`, that this system cannot do safely.
 
     :ivar stats_fsyncs: ``fsync`` calls made, of files and directories.
     :ivar stats_dir_fsyncs: ``fsync`` calls made of directories.
+    :ivar stats_syncfs: ``syncfs`` calls made.
     :ivar stats_corrupt: entries set aside as corrupt since the start.
     """
 
@@ -314,15 +354,25 @@ class SpoolQueueStore:
         high_water: int = DEFAULT_HIGH_WATER,
         slot: str | None = None,
         threads: int = DEFAULT_THREADS,
+        sync: str = SYNC_FILE,
     ) -> None:
         if slot is not None and not _SLOT.match(slot):
             raise ValueError(f"a worker slot is 1 to 32 letters, digits, - or _, not {slot!r}")
+        self._syncfs: Callable[[int], None] | None = None
+        if sync == SYNC_FILESYSTEM:
+            self._syncfs, why = load_syncfs()
+            if self._syncfs is None:
+                raise ValueError(f"sync = {sync!r} cannot be used here: {why}")
+        elif sync != SYNC_FILE:
+            raise ValueError(f"sync is {SYNC_FILE!r} or {SYNC_FILESYSTEM!r}, not {sync!r}")
+        self.sync = sync
         self.path = os.fspath(path)
         self.slot = slot
         self.min_free = min_free
         self.high_water = high_water
         self.stats_fsyncs = 0
         self.stats_dir_fsyncs = 0
+        self.stats_syncfs = 0
         self.stats_corrupt = 0
         self._reactor = reactor
         self._runner: Runner = (
@@ -342,7 +392,13 @@ class SpoolQueueStore:
         # Per entry, the last of its file operations, so that they run in
         # the order they were asked for.
         self._tails: dict[str, Deferred[None]] = {}
-        self._syncers: dict[str, _DirSyncer] = {}
+        self._syncers: dict[str, _Group[None]] = {}
+        self._commits: _Group[_Commit] = _Group(self._commit_together)
+        # With SYNC_FILESYSTEM, the spool's directory, open since recovery
+        # (the descriptor that syncfs reports write errors through); and
+        # whether syncfs has failed, after which every file is fsynced.
+        self._sync_fd: int | None = None
+        self._sync_failed = False
         self._recovering = False
         self._recovered = False
         self._free: int | None = None
@@ -526,7 +582,7 @@ class SpoolQueueStore:
 
         def write() -> Deferred[None]:
             d = self._in_thread(self._write_env, entry, known)
-            return d.addCallback(lambda _: self._syncer(env).sync())
+            return d.addCallback(lambda _: self._syncer(env).join(None))
 
         def written(_: None) -> None:
             if queue_id in self._claimed:
@@ -658,6 +714,11 @@ class SpoolQueueStore:
 
         def idle(_: None) -> None:
             self._runner.stop()
+            if self._sync_fd is not None:
+                # Commits after this fsync each file: a new descriptor
+                # would not report the write errors made before it.
+                fd, self._sync_fd = self._sync_fd, None
+                os.close(fd)
             stopped(None)
 
         return self.wait_idle().addCallback(idle)
@@ -678,11 +739,29 @@ class SpoolQueueStore:
             if queue_id not in self._index and queue_id not in self._writers:
                 return queue_id
 
-    def _syncer(self, directory: str) -> _DirSyncer:
+    def _syncer(self, directory: str) -> _Group[None]:
+        """The group commit of ``fsync`` for *directory*."""
         syncer = self._syncers.get(directory)
         if syncer is None:
-            syncer = self._syncers[directory] = _DirSyncer(self, directory)
+
+            def sync(_: list[None]) -> Deferred[None]:
+                return self._in_thread(self._fsync_dir, directory)
+
+            syncer = self._syncers[directory] = _Group(sync)
         return syncer
+
+    def _commit_together(self, commits: _Commits) -> Deferred[_Errors]:
+        def failed(failure: Failure) -> Failure:
+            if not self._sync_failed and failure.check(_SyncFailed):
+                self._sync_failed = True
+                _log.failure(
+                    "syncfs of the spool {path} failed: the messages committed with it"
+                    " got 451, and from now on each message is fsynced on its own",
+                    failure, path=self.path,
+                )
+            return failure
+
+        return self._in_thread(self._write_together, commits).addErrback(failed)
 
     def _in_thread(self, f: Callable[..., _R], *args: Any) -> Deferred[_R]:
         """Run *f* in a thread; :meth:`wait_idle` waits for it."""
@@ -815,6 +894,47 @@ class SpoolQueueStore:
         with self._lock:
             self.stats_fsyncs += 1
             self.stats_dir_fsyncs += 1
+
+    def _write_together(self, commits: _Commits) -> _Errors:
+        """
+        Commit several messages (``sync = "filesystem"``): write the rest
+        of each, make them all durable with one ``syncfs``, then rename
+        each into place. Their directories are ``fsync``\\ ed next, by
+        :meth:`_syncer`, while the next group's ``syncfs`` runs.
+
+        :return: the error of each commit that failed on its own, in order.
+        :raises _SyncFailed: if ``syncfs`` failed, which fails them all.
+        """
+        errors: _Errors = []
+        for writer, data, document in commits:
+            try:
+                writer._write_tail(data, document)
+            except OSError as error:
+                errors.append(error)
+            else:
+                errors.append(None)
+        if self._sync_fd is not None and not self._sync_failed:
+            if any(error is None for error in errors):
+                try:
+                    cast(Callable[[int], None], self._syncfs)(self._sync_fd)
+                except OSError as error:
+                    raise _SyncFailed(error.errno, error.strerror) from error
+                with self._lock:
+                    self.stats_syncfs += 1
+        else:
+            for index, (writer, _, _) in enumerate(commits):
+                if errors[index] is None:
+                    try:
+                        self._fsync(cast(int, writer._fd))
+                    except OSError as error:
+                        errors[index] = error
+        for index, (writer, _, _) in enumerate(commits):
+            if errors[index] is None:
+                try:
+                    writer._place()
+                except OSError as error:
+                    errors[index] = error
+        return errors
 
     def _write_durably(self, path: str, data: bytes) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -1215,6 +1335,8 @@ class SpoolQueueStore:
             self._fsync_dir(parent)
         if made and layout.root not in made:
             self._fsync_dir(layout.root)
+        if self._syncfs is not None and self._sync_fd is None:
+            self._sync_fd = os.open(layout.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         scan = _Scan()
         for name in os.listdir(layout.tmp):
             path = os.path.join(layout.tmp, name)
@@ -1251,26 +1373,34 @@ class SpoolQueueStore:
         return scan
 
 
+class _SyncFailed(OSError):
+    """``syncfs`` failed: no message of its group is known to be durable."""
+
+
+_I = TypeVar("_I")
+
+
 @attrs.define(eq=False)
-class _DirSyncer:
+class _Group(Generic[_I]):
     """
-    Group commit for one directory.
+    Group commit: one durable operation covers every request made before
+    it started.
 
-    An operation that renamed or removed names in the directory calls
-    :meth:`sync` and waits. If no ``fsync`` of the directory is running,
-    one starts at once, and covers every change made before it started;
-    changes that arrive while it runs wait for the next one, which starts
-    when it ends and covers them all.
+    A request :meth:`join`\\ s with its item and waits. If no operation is
+    running, one starts at once with that item; requests that arrive while
+    it runs wait for the next one, which starts when it ends and takes them
+    all. *run* makes one operation of a list of items, and fires with
+    ``None`` when all of them succeeded, or with each item's error or
+    ``None`` in order; a failure fails them all.
     """
 
-    _store: SpoolQueueStore
-    _path: str
-    _waiting: list[Deferred[None]] = attrs.Factory(list)
+    _run: Callable[[list[_I]], Deferred[Any]]
+    _waiting: list[tuple[_I, Deferred[None]]] = attrs.Factory(list)
     _running: bool = False
 
-    def sync(self) -> Deferred[None]:
+    def join(self, item: _I) -> Deferred[None]:
         d: Deferred[None] = Deferred()
-        self._waiting.append(d)
+        self._waiting.append((item, d))
         if not self._running:
             self._start()
         return d
@@ -1279,17 +1409,19 @@ class _DirSyncer:
         batch, self._waiting = self._waiting, []
         self._running = True
 
-        def finished(result: Failure | None) -> None:
+        def finished(result: _Errors | Failure | None) -> None:
             self._running = False
-            for d in batch:
+            for index, (_, d) in enumerate(batch):
                 if isinstance(result, Failure):
                     d.errback(result)
+                elif result is not None and result[index] is not None:
+                    d.errback(Failure(result[index]))
                 else:
                     d.callback(None)
             if self._waiting and not self._running:
                 self._start()
 
-        self._store._in_thread(self._store._fsync_dir, self._path).addBoth(finished)
+        self._run([item for item, _ in batch]).addBoth(finished)
 
 
 @implementer(IQueueWriter)
@@ -1356,16 +1488,18 @@ class _SpoolWriter(GatedWriter):
             if self._error is not None:
                 self._gate.done(len(data))
                 return defer.fail(self._error)
-            d = store._in_thread(self._finish, data, document)
 
             def written(result: object) -> object:
                 self._gate.done(len(data))
                 return result
 
-            d.addBoth(written)
+            if store._syncfs is not None:
+                d = store._commits.join((self, data, document)).addBoth(written)
+            else:
+                d = store._in_thread(self._finish, data, document).addBoth(written)
             directory = store._layout.directory(state)
-            synced = d.addCallback(lambda _: store._syncer(directory).sync())
-            return synced.addCallback(lambda _: self._committed(entry))
+            d.addCallback(lambda _: store._syncer(directory).join(None))
+            return d.addCallback(lambda _: self._committed(entry))
 
         outcome = self._chain(finish)
         return outcome.addErrback(self._commit_failed)
@@ -1463,14 +1597,21 @@ class _SpoolWriter(GatedWriter):
         return open(self._temporary(), "rb")
 
     def _finish(self, data: bytes, document: bytes) -> None:
-        store = self._store
+        self._write_tail(data, document)
+        self._store._fsync(cast(int, self._fd))
+        self._place()
+
+    def _write_tail(self, data: bytes, document: bytes) -> None:
+        """Write the rest of the message and its trailer; not yet durable."""
         if self._fd is None:
             self._fd = _create(self._temporary())
         _write_all(self._fd, data + document + _TRAILER.pack(len(document), _MAGIC))
-        store._fsync(self._fd)
-        fd, self._fd = self._fd, None
+
+    def _place(self) -> None:
+        """Close the durable file and rename it into place."""
+        fd, self._fd = cast(int, self._fd), None
         os.close(fd)
-        os.rename(self._temporary(), store._layout.message(self._target, self.queue_id))
+        os.rename(self._temporary(), self._store._layout.message(self._target, self.queue_id))
 
     def _remove_files(self, committed: bool) -> None:
         if self._fd is not None:
@@ -1608,9 +1749,14 @@ def _read_trailer(path: str) -> bytes:
 
 
 def _build_spool(settings: Any, context: Any) -> SpoolQueueStore:
+    if settings["sync"] == SYNC_FILESYSTEM:
+        syncfs, why = load_syncfs()
+        if syncfs is None:
+            raise SettingError("sync", f"{SYNC_FILESYSTEM!r} cannot be used here: {why}")
     return SpoolQueueStore(
         context.config.queue_dir, context.reactor, random=id_source(context.random),
         min_free=settings["min_free"], slot=getattr(context, "worker", None),
+        sync=settings["sync"],
     )
 
 
@@ -1626,6 +1772,13 @@ spool_maker = ComponentMaker(
             "integer", DEFAULT_MIN_FREE,
             "Octets of free space to keep on the spool's file system: below it,"
             " MAIL gets 452 4.3.1.", minimum=0,
+        ),
+        "sync": Setting(
+            "string", SYNC_FILE,
+            "How a commit makes its message durable: \"file\", one fsync per message;"
+            " or \"filesystem\", one syncfs of the spool's file system for the messages"
+            " committed together, for a spool on a file system of its own (Linux 5.8"
+            " or later).", choices=(SYNC_FILE, SYNC_FILESYSTEM),
         ),
     },
 )

@@ -9,13 +9,15 @@ before the socket write of that reply began,
 
 - ``fsync`` of the message's own file (``ID.msg``, which ends with the
   entry's envelope) returned, and before its rename began, so that a name
-  in ``incoming/`` never stands for a partial file;
+  in ``incoming/`` never stands for a partial file; with the spool's
+  ``sync = "filesystem"``, a ``syncfs`` that began after the last write of
+  the file returned did so instead;
 - the entry was renamed from ``tmp/`` into the spool's ``incoming/``
   directory, once, and that rename returned;
 - an ``fsync`` of ``incoming/`` that started after that rename returned
   (an ``fsync`` that started before it need not cover the new name);
 
-and every ``fsync`` ran on a thread other than the reactor's.
+and every ``fsync`` and ``syncfs`` ran on a thread other than the reactor's.
 
 How the trace is read: with ``-f``, strace writes one line per system call
 when nothing else happens in between, and otherwise splits it into
@@ -46,7 +48,7 @@ pytestmark = pytest.mark.interop
 
 MESSAGES = 20
 CONNECTIONS = 5
-TRACED = "fsync,fdatasync,rename,renameat,renameat2,write,sendto,sendmsg,writev,execve"
+TRACED = "fsync,fdatasync,syncfs,rename,renameat,renameat2,write,sendto,sendmsg,writev,execve"
 
 _LINE = re.compile(r"^(\d+) +(\d\d:\d\d:\d\d\.\d+) (.*)$")
 _UNFINISHED = re.compile(r"^(\w+)\((.*) <unfinished \.\.\.>$")
@@ -139,12 +141,16 @@ def send(port: int, count: int, first: int, replies: list[str],
             replies.append(reply.decode())
 
 
-def test_acknowledged_only_when_durable(tmp_path: pathlib.Path) -> None:
+@pytest.mark.parametrize("sync", ["file", "filesystem"])
+def test_acknowledged_only_when_durable(tmp_path: pathlib.Path, sync: str) -> None:
     strace = require("strace")
     trace_file = tmp_path / "trace"
+    config = tmp_path / "mailframe.toml"
+    config.write_text(f'[plugins.spool]\nsync = "{sync}"\n')
     server: Server = start_server(
-        tmp_path, wrap=[strace, "-f", "-yy", "-tt", "-e", f"trace={TRACED}", "-s", "256",
-                        "-o", str(trace_file)])
+        tmp_path, extra=["--config", str(config)],
+        wrap=[strace, "-f", "-yy", "-tt", "-e", f"trace={TRACED}", "-s", "256",
+              "-o", str(trace_file)])
     try:
         twistd = traced_child(server.process.pid)
         replies: list[str] = []
@@ -191,29 +197,37 @@ def test_acknowledged_only_when_durable(tmp_path: pathlib.Path) -> None:
     assert main == twistd
     covering, dir_syncs, fsyncs = check_trace(
         calls, ids, main, os.path.realpath(server.queue / "incoming"),
-        os.path.realpath(server.queue / "tmp"))
+        os.path.realpath(server.queue / "tmp"), shared=sync == "filesystem")
     per_message = covering / MESSAGES
     print(f"\n{covering} directory fsyncs of incoming/ made {MESSAGES} messages durable"
           f" ({per_message:.2f} per message); {dir_syncs} of incoming/ in all;"
           f" {fsyncs} fsyncs in all")
     # Group commit: concurrent sessions share directory fsyncs.
     assert per_message < 1, "every message paid for a directory fsync of its own"
+    if sync == "filesystem":
+        syncfs = sum(1 for c in calls if c.name == "syncfs" and c.ok)
+        print(f"{syncfs} syncfs made {MESSAGES} messages durable")
+        assert syncfs < MESSAGES, "every message paid for a syncfs of its own"
 
 
 def check_trace(
-    calls: list[Call], ids: list[str], main: int, queue_dir: str, tmp_dir: str
+    calls: list[Call], ids: list[str], main: int, queue_dir: str, tmp_dir: str,
+    shared: bool = False,
 ) -> tuple[int, int, int]:
     """
     Assert the order of the module's docstring for every queue id in *ids*.
 
     :param queue_dir: the directory a commit renames the entry into
         (``incoming/``), as the trace names it.
+    :param shared: whether message files are made durable by ``syncfs``
+        (``sync = "filesystem"``) rather than each by its own ``fsync``.
     :return: how many directory fsyncs of *queue_dir* covered the commits,
         how many there were in all, and how many fsyncs in all.
     """
     fsyncs = [c for c in calls if c.name in ("fsync", "fdatasync")]
     assert fsyncs, "no fsync traced at all"
-    on_main = [c for c in fsyncs if c.pid == main]
+    syncfs = [c for c in calls if c.name == "syncfs" and c.ok and c.end is not None]
+    on_main = [c for c in fsyncs + syncfs if c.pid == main]
     assert not on_main, f"fsync on the reactor thread: {on_main[:3]}"
     dir_syncs = [c for c in fsyncs if c.fd_path == queue_dir and c.ok and c.end is not None]
     renames = [c for c in calls if c.name.startswith("rename") and c.ok and c.end is not None]
@@ -233,11 +247,20 @@ def check_trace(
         rename = into_queue[0]
         assert rename.end is not None and rename.end < ack.start, (
             f"{queue_id}: renamed after its 250")
-        own = [c for c in fsyncs if c.ok and c.end is not None and c.fd_path in (
-            f"{tmp_dir}/{queue_id}.msg", f"{queue_dir}/{queue_id}.msg")]
-        assert own, f"{queue_id}.msg was never fsynced"
-        assert min(c.end for c in own if c.end is not None) < rename.start, (
-            f"{queue_id}.msg: renamed into {queue_dir} before its fsync returned")
+        if shared:
+            writes = [c.end for c in calls if c.name == "write" and c.end is not None
+                      and c.fd_path == f"{tmp_dir}/{queue_id}.msg"]
+            assert writes, f"{queue_id}.msg was never written"
+            assert any(max(writes) < c.start and c.end is not None and c.end < rename.start
+                       for c in syncfs), (
+                f"{queue_id}.msg: renamed into {queue_dir} before a syncfs that began after"
+                " its last write returned")
+        else:
+            own = [c for c in fsyncs if c.ok and c.end is not None and c.fd_path in (
+                f"{tmp_dir}/{queue_id}.msg", f"{queue_dir}/{queue_id}.msg")]
+            assert own, f"{queue_id}.msg was never fsynced"
+            assert min(c.end for c in own if c.end is not None) < rename.start, (
+                f"{queue_id}.msg: renamed into {queue_dir} before its fsync returned")
         syncs = [c for c in dir_syncs if c.start > rename.end]
         assert syncs, f"{queue_id}: no fsync of {queue_dir} after its rename"
         first = min(syncs, key=lambda c: c.start)
@@ -308,4 +331,39 @@ def test_the_trace_check_wants_the_order(trace: str, problem: str) -> None:
     text = trace.format(early="", ack="", late=_ACK)
     assert _SYNTHETIC.format(early="", ack="", late=_ACK) != text
     with pytest.raises(AssertionError, match=problem):
+        check_trace(parse_trace(text), ["ID1"], 100, "/q/incoming", "/q/tmp")
+
+
+# The same commit with sync = "filesystem": written, then a syncfs of the
+# spool covers it before the rename.
+_SHARED = """\
+100 10:00:00.000000 execve("/venv/bin/twistd", ["twistd"], 0x1 /* 1 vars */) = 0
+101 10:00:00.000005 write(7</q/tmp/ID1.msg>, "Subject: x\\r\\n", 12) = 12
+{before}101 10:00:00.000010 syncfs(8</q>) = 0
+{after}101 10:00:00.000030 rename("/q/tmp/ID1.msg", "/q/incoming/ID1.msg") = 0
+101 10:00:00.000050 fsync(7</q/incoming>) = 0
+""" + _ACK
+_LATE_WRITE = '101 10:00:00.000012 write(7</q/tmp/ID1.msg>, "x", 1) = 1\n'
+
+
+@pytest.mark.parametrize(("where", "good"), [("", True), ("before", True), ("after", False)])
+def test_the_trace_check_of_syncfs(where: str, good: bool) -> None:
+    """
+    With ``syncfs``, the message's last write returns before a ``syncfs``
+    that returns before the rename; a write after it is not covered.
+    """
+    text = _SHARED.format(**{key: _LATE_WRITE if key == where else ""
+                             for key in ("before", "after")})
+
+    def check() -> tuple[int, int, int]:
+        return check_trace(parse_trace(text), ["ID1"], 100, "/q/incoming", "/q/tmp",
+                           shared=True)
+
+    if good:
+        assert check() == (1, 1, 1)
+    else:
+        with pytest.raises(AssertionError, match="began after its last write"):
+            check()
+    # Without the syncfs, the file was never made durable.
+    with pytest.raises(AssertionError, match="never fsynced"):
         check_trace(parse_trace(text), ["ID1"], 100, "/q/incoming", "/q/tmp")

@@ -78,7 +78,7 @@ def test_store_makers_seed_their_own_source() -> None:
     from mailframe.stores.spool import _build_spool
 
     for build, settings in ((build_discard, {}), (_build_memory, {}),
-                            (_build_spool, {"min_free": 0})):
+                            (_build_spool, {"min_free": 0, "sync": "file"})):
         source = CountingSource()
         context = SimpleNamespace(reactor=Clock(), random=source,
                                   config=SimpleNamespace(queue_dir="/nonexistent"))
