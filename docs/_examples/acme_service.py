@@ -36,7 +36,7 @@ def build_acme_service(config: Config, reactor: Any) -> MailService:
         {"team@localhost": ["alice@localhost", "bob@localhost"]},
         LocalRouter(domains),
     )
-    transports = {"maildir": MaildirTransport(store, reactor, reactor.getThreadPool())}
+    transports = {"maildir": MaildirTransport(store, reactor)}
     runner = QueueRunner(store, router, transports, reactor, random=rng)
     settings = ServerSettings(
         hostname=config.hostname,
@@ -55,4 +55,5 @@ def build_acme_service(config: Config, reactor: Any) -> MailService:
         )
         endpoint = serverFromString(reactor, description)
         listeners.append(ListeningService(endpoint, factory, description))
-    return MailService(store, listeners, runner, grace=config.shutdown_grace)
+    return MailService(store, listeners, runner, grace=config.shutdown_grace,
+                       stoppables=list(transports.values()))

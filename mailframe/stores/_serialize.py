@@ -42,6 +42,11 @@ FORMAT_VERSION = 2
 
 _T = TypeVar("_T")
 
+# One encoder for every entry: json.dumps with options makes a new one per
+# call. ASCII output escapes any lone surrogate (as a HELO name decoded
+# with surrogateescape may hold), which UTF-8 could not encode.
+_ENCODER = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+
 
 class CorruptEntryError(ValueError):
     """A serialised envelope or entry cannot be read."""
@@ -142,10 +147,7 @@ def entry_to_json(entry: QueueEntry) -> bytes:
         "size": entry.size,
         "warned": entry.warned,
     }
-    # ASCII output escapes any lone surrogate (as a HELO name decoded with
-    # surrogateescape may hold), which UTF-8 could not encode.
-    text = json.dumps(document, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
-    return text.encode("ascii") + b"\n"
+    return _ENCODER.encode(document).encode("ascii") + b"\n"
 
 
 def entry_from_json(data: bytes, queue_id: str | None = None) -> QueueEntry:

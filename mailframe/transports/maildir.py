@@ -16,8 +16,6 @@ from typing import IO, Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.threads import deferToThreadPool
-from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from mailframe.address import Mailbox
@@ -26,6 +24,7 @@ from mailframe.envelope import DeliveryStatus, QueueEntry, RecipientResult, Rout
 from mailframe.interfaces import IDeliveryTransport, IQueueStore
 from mailframe.policies.users import local_mailbox_name
 from mailframe.reply import Reply
+from mailframe.stores._threads import PoolRunner, Runner, ThreadPoolLike, ThreadRunner
 
 __all__ = ["MaildirTransport", "deliver_to_maildir"]
 
@@ -98,14 +97,37 @@ class MaildirTransport:
     Delivers to the Maildir named by the route's ``directory`` argument.
 
     :param store: where messages are read from.
-    :param reactor: the reactor, for the thread pool and the time.
-    :param threadpool: where blocking file work runs.
+    :param reactor: the reactor, for the time and to bring the threads'
+        results back.
+    :param threadpool: where blocking file work runs, if given (anything
+        with ``callInThreadWithCallback``, such as Twisted's
+        :class:`~twisted.python.threadpool.ThreadPool`); by default
+        *threads* threads of the transport's own, as the spool has, which
+        cost a delivery far less CPU than a trip through a thread pool.
+        They end when the reactor shuts down.
+    :param threads: how many threads of its own, when no *threadpool* is
+        given: deliveries whose ``fsync`` calls wait on the disk together.
     """
 
-    def __init__(self, store: IQueueStore, reactor: Any, threadpool: ThreadPool) -> None:
+    def __init__(self, store: IQueueStore, reactor: Any,
+                 threadpool: ThreadPoolLike | None = None, threads: int = 4) -> None:
         self.store = store
         self.reactor = reactor
-        self.threadpool = threadpool
+        self._runner: Runner = (
+            PoolRunner(reactor, threadpool) if threadpool is not None
+            else ThreadRunner(reactor, threads, "mailframe-maildir")
+        )
+
+    def stop(self) -> Deferred[None]:
+        """
+        Wait for the deliveries under way, then end the transport's
+        threads (a later delivery starts them again).
+        """
+
+        def idle(_: None) -> None:
+            self._runner.stop()
+
+        return self._runner.when_idle().addCallback(idle)
 
     def deliver(
         self, entry: QueueEntry, recipients: Sequence[tuple[Mailbox, Mailbox]], route: Route
@@ -133,10 +155,8 @@ class MaildirTransport:
         try:
             message = await self.store.open_message(entry.queue_id)
             try:
-                path = await deferToThreadPool(
-                    self.reactor, self.threadpool, deliver_to_maildir,
-                    directory, prefix, message, clock.seconds(),
-                )
+                path = await self._runner.run(
+                    deliver_to_maildir, directory, prefix, message, clock.seconds())
             finally:
                 message.close()
         except OSError as error:
@@ -148,7 +168,7 @@ class MaildirTransport:
 
 
 def _build_maildir(settings: Any, context: Any) -> MaildirTransport:
-    return MaildirTransport(context.store, context.reactor, context.reactor.getThreadPool())
+    return MaildirTransport(context.store, context.reactor)
 
 
 #: The ``maildir`` transport plugin.

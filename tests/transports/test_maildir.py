@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 
 from twisted.internet import reactor
 from twisted.internet.task import Clock
@@ -67,6 +68,34 @@ class MaildirTests(TransportContract, TestCase):
             results = await self.make_transport().deliver(entry, recipients, route)
             self.assertEqual(results[0].status, DeliveryStatus.PERMANENT)
         self.assertFalse(os.path.exists(self.root))
+
+
+class MaildirOwnThreadsTests(MaildirTests):
+    """The contract and the tests above, with the transport's own threads."""
+
+    def make_transport(self) -> MaildirTransport:
+        transport = MaildirTransport(self.store, reactor)
+        self.addCleanup(transport.stop)
+        return transport
+
+    async def test_writes_in_its_own_threads(self) -> None:
+        seen: list[str] = []
+        real_fsync = os.fsync
+
+        def fsync(fd: int) -> None:
+            seen.append(threading.current_thread().name)
+            real_fsync(fd)
+
+        self.patch(os, "fsync", fsync)
+        entry, recipients, route = self.sample_delivery()
+        transport = self.make_transport()
+        results = await transport.deliver(entry, recipients, route)
+        self.assertEqual(results[0].status, DeliveryStatus.DELIVERED)
+        # The file, then new/: both in the transport's thread.
+        self.assertEqual(seen, ["mailframe-maildir-1"] * 2)
+        await transport.stop()
+        self.assertEqual(
+            [t.name for t in threading.enumerate() if t.name.startswith("mailframe-maildir")], [])
 
 
 class LocalRouterTests(RouterContract, TestCase):
