@@ -3,6 +3,7 @@
 What the SMTP server's own code costs per message, without the network.
 
     .venv/bin/python benchmarks/session_cpu.py [--messages 5000] [--rounds 5] [--size 1024]
+        [--log twisted|mailframe]
 
 It builds the server as ``twistd mailframe --store discard --unsafe-store``
 would (the same plugins, policies and settings), connects one session to a
@@ -11,7 +12,9 @@ dialogue into it, one command per read as ``smtp-source`` sends them:
 ``MAIL``, ``RCPT`` (a new local part each time), ``DATA``, a 1 KB message
 (``--size`` sets another, fed in reads of at most 64 KiB) and ``RSET``.
 The per-message log line is written to ``/dev/null`` through Twisted's
-text observer, as twistd writes it to a file. It prints the CPU
+text observer, as twistd writes it to a file (or, with ``--log mailframe``,
+through :func:`mailframe.logs.text_observer`, which ``twistd --logger``
+takes). It prints the CPU
 time (``time.process_time``) per message: the median over the rounds and
 the best beside it, after a warm-up.
 
@@ -73,7 +76,7 @@ class _Sink(StringTransport):
             self.accepted += 1
 
 
-def session(workdir: str, size: int = 1024) -> Callable[[int], None]:
+def session(workdir: str, size: int = 1024, log: str = "twisted") -> Callable[[int], None]:
     """
     A connected session; the function it returns sends one message of
     about *size* octets.
@@ -81,6 +84,7 @@ def session(workdir: str, size: int = 1024) -> Callable[[int], None]:
     from twisted.internet import reactor
 
     from mailframe.compose import build_mail_service
+    from mailframe.logs import text_observer
     from mailframe.protocols import server
     from mailframe.tap import Options
 
@@ -93,7 +97,9 @@ def session(workdir: str, size: int = 1024) -> Callable[[int], None]:
     service = build_mail_service(options.config, reactor, max_connections=10)
     # The server's logger, and only it, writes to the text observer (the
     # class's own Logger: reading the attribute makes a new one).
-    publisher = LogPublisher(textFileLogObserver(open("/dev/null", "w")))
+    sink = open("/dev/null", "w")
+    observer = textFileLogObserver(sink) if log == "twisted" else text_observer(sink)
+    publisher = LogPublisher(observer)
     vars(server.SMTPServerProtocol)["log"].observer = publisher
     factory = service.listeners[0].factory
     address = IPv4Address("TCP", "127.0.0.1", 40000)
@@ -138,13 +144,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="rounds (default 5)")
     parser.add_argument("--size", type=int, default=1024,
                         help="octets in a message, about (default 1024)")
+    parser.add_argument("--log", choices=("twisted", "mailframe"), default="twisted",
+                        help="the text observer of the log line (default twisted)")
     parser.add_argument("--profile", action="store_true",
                         help="print the costliest functions of one more round")
     args = parser.parse_args(argv)
     if args.messages < 1 or args.rounds < 1 or args.size < 1:
         parser.error("--messages, --rounds and --size must be at least 1")
     with tempfile.TemporaryDirectory(prefix="mailframe-session-") as workdir:
-        one = session(workdir, args.size)
+        one = session(workdir, args.size, args.log)
         measure(one, min(args.messages, 500))  # warm-up
         figures = [measure(one, args.messages) for _ in range(args.rounds)]
         print("| messages | octets | rounds | median CPU µs/msg | best CPU µs/msg |")

@@ -183,15 +183,16 @@ def test_mta_bench_tiny_run(tmp_path: pathlib.Path) -> None:
     assert {r["scenario"]: r["messages"] for r in saved["runs"]}["large-hold"] == 20
 
 
-def test_session_cpu_tiny_run() -> None:
+@pytest.mark.parametrize("log", ["twisted", "mailframe"])
+def test_session_cpu_tiny_run(log: str) -> None:
     """
     The in-process session benchmark (benchmarks/session_cpu.py) on 100
-    messages: it exits 0 with a row of figures (it exits non-zero itself
-    when the server did not accept every message).
+    messages, with either text observer: it exits 0 with a row of figures
+    (it exits non-zero itself when the server did not accept every message).
     """
     script = REPO / "benchmarks" / "session_cpu.py"
     result = subprocess.run(
-        [sys.executable, str(script), "--messages", "100", "--rounds", "2"],
+        [sys.executable, str(script), "--messages", "100", "--rounds", "2", "--log", log],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -18,7 +18,7 @@ LAYERS = [
                 "mailframe.address", "mailframe.verdict"}),
     ("core", {"mailframe.core"}),
     ("contracts", {"mailframe.interfaces", "mailframe.components"}),
-    ("adapters", {"mailframe.protocols"}),
+    ("adapters", {"mailframe.protocols", "mailframe.logs"}),
     ("built-ins", {"mailframe.policies", "mailframe.stores", "mailframe.routing",
                    "mailframe.transports"}),
     ("services", {"mailframe.services"}),

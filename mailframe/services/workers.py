@@ -51,12 +51,12 @@ from twisted.logger import (
     ILogObserver,
     LogEvent,
     Logger,
-    formatEventAsClassicLogText,
 )
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailframe.interfaces import IQueueStore
+from mailframe.logs import format_classic
 from mailframe.protocols.proxy import split_proxy
 
 __all__ = [
@@ -686,7 +686,7 @@ def worker_log_observer() -> ILogObserver:
             slot = arg.split("=", 1)[1].split(":", 1)[0]
 
     def format_event(event: LogEvent) -> str | None:
-        text = formatEventAsClassicLogText(event)
+        text = format_classic(event)
         if text is None:
             return None
         stamp, _, rest = text.partition(" ")
