@@ -103,6 +103,7 @@ from mailframe import core
 from mailframe.address import Mailbox, ReversePath, encode_xtext
 from mailframe.envelope import BodyType, DeliveryStatus, DSNOptions, Handoff, RecipientResult
 from mailframe.errors import PermanentDeliveryError, TransientDeliveryError
+from mailframe.protocols._write import write_now
 from mailframe.reply import Reply
 
 __all__ = [
@@ -779,7 +780,7 @@ class SMTPClientProtocol(Protocol):
 
     def _write(self, data: bytes) -> None:
         if data and self.transport is not None and not self._lost:
-            self.transport.write(data)
+            write_now(self.transport, data)
 
     def _send(self, *commands: core.ClientCommand) -> None:
         self._write(b"".join(self.conn.send(command) for command in commands))

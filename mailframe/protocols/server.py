@@ -35,6 +35,7 @@ from mailframe.interfaces import IQueueStore, IQueueWriter
 from mailframe.protocols._chain import ask_policies
 from mailframe.protocols._sasl import MECHANISMS, Challenge, SaslExchange, start_exchange
 from mailframe.protocols._tls import ServerTLS, describe_tls
+from mailframe.protocols._write import write_now
 from mailframe.reply import Reply
 from mailframe.verdict import Action, Verdict
 
@@ -363,12 +364,12 @@ class SMTPServerProtocol(Protocol):
             return
         assert self.transport is not None
         was_tls = self.conn.tls
-        self.transport.write(self.conn.send(reply))
+        write_now(self.transport, self.conn.send(reply))
         if self.conn.tls and not was_tls:
             self._start_tls()
         if self.conn.closed or self._close_after_reply:
             if self._close_after_reply and not self.conn.closed:
-                self.transport.write(self.conn.send(self.conn.shutdown_reply()))
+                write_now(self.transport, self.conn.send(self.conn.shutdown_reply()))
             self._abort_writer()
             self._lose()
 
