@@ -36,7 +36,8 @@ from twisted.logger import (
 __all__ = ["format_classic", "text_observer"]
 
 _PARSER = Formatter()
-# A plain field: an identifier, with no attribute, index or call in it.
+# The literal text before a field, and the field's name: an identifier,
+# with no attribute, index or call in it (None after the last field).
 _Piece = tuple[str, str | None]
 
 

@@ -142,12 +142,14 @@ MTA_SCENARIOS = ("small-hold", "small-discard", "small-maildir", "large-hold",
                  "relay-small", "relay-rcpt10")
 
 
-def test_mta_bench_tiny_run(tmp_path: pathlib.Path) -> None:
+@pytest.mark.parametrize("tuned", [False, True], ids=["default", "tuned"])
+def test_mta_bench_tiny_run(tmp_path: pathlib.Path, tuned: bool) -> None:
     """
     The server benchmark (benchmarks/mta_bench.py) at a fiftieth of its
-    messages, one round, no client comparison: it exits 0, and every
-    scenario's row has figures. The relay rows show one downstream
-    transaction per message, and the spool rows their directory fsyncs.
+    messages, one round, no client comparison, as configured by default and
+    with --tuned: it exits 0, and every scenario's row has figures. The
+    relay rows show one downstream transaction per message, and the spool
+    rows their directory fsyncs.
     """
     smtp_sink()
     if shutil.which("smtp-source") is None and not any(
@@ -157,10 +159,11 @@ def test_mta_bench_tiny_run(tmp_path: pathlib.Path) -> None:
     out = tmp_path / "results.json"
     result = subprocess.run(
         [sys.executable, str(MTA_BENCH), "--scale", "0.02", "--rounds", "1", "--no-client",
-         "--run-timeout", "60", "--json", str(out)],
+         "--run-timeout", "60", "--json", str(out), *(["--tuned"] if tuned else [])],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    assert ("spool sync = filesystem" in result.stdout) is tuned, result.stdout
     found = {}
     for line in result.stdout.splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
