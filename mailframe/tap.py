@@ -126,6 +126,7 @@ class Options(usage.Options):
         try:
             base = load_config(self["config"]) if self["config"] else Config()
             self.config = settings_from(values, base)
+            _check_plugins(self.config)
         except ConfigError as error:
             name = error.key if error.line else _OPTION_NAMES.get(
                 error.key, "--" + error.key.replace("_", "-"))
@@ -205,6 +206,23 @@ def worker_command(argv: Sequence[str], share_output: bool = False) -> Any:
                 "--worker", f"{slot}:{','.join(map(str, fds))}@{board}"]
 
     return command
+
+
+def _check_plugins(config: Config) -> None:
+    """
+    Check the plugins that *config* selects, and their settings, now: an
+    error found here is printed as a usage error, where one found while
+    the service is made would come after a traceback from twistd. A
+    plugin module that fails to load is left for the service to report.
+
+    :raises ConfigError: naming the key and its line.
+    """
+    from mailframe.config import ComponentContext
+    from mailframe.registry import Components, discover
+
+    registry = discover()
+    if not registry.problems:
+        Components(config, registry, ComponentContext(reactor=None, random=None)).check()
 
 
 def makeService(options: Options) -> IService:

@@ -131,6 +131,33 @@ def test_bad_config_file_named_with_line(tmp_path: object) -> None:
     assert str(caught.value) == f"max_message_size in {path}, line 2: must be at least 0"
 
 
+def test_bad_plugin_setting_named_when_options_are_parsed(tmp_path: object) -> None:
+    """
+    A plugin's settings are checked with the options: twistd prints the
+    error as a usage error, with no traceback before it.
+    """
+    import os
+    import pathlib
+    import subprocess
+
+    from tests.interop.conftest import REPO, TWISTD
+
+    path = pathlib.Path(str(tmp_path)) / "bad.toml"
+    path.write_text('[plugins.spool]\nmin_free = 0\nsync = "sometimes"\n')
+    with pytest.raises(usage.UsageError) as caught:
+        Options().parseOptions(["--config", str(path)])
+    expected = f"plugins.spool.sync in {path}, line 3: expected one of file, filesystem"
+    assert str(caught.value) == expected
+    result = subprocess.run(
+        [str(TWISTD), "-n", "--pidfile=", "mailframe", "--config", str(path)],
+        capture_output=True, text=True, timeout=60, cwd=str(tmp_path),
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert result.returncode == 1
+    assert expected in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr + result.stdout
+
+
 def test_users_file(tmp_path: object) -> None:
     import pathlib
 
