@@ -45,10 +45,39 @@ _known: set[str] = set()
 
 
 def _ensure_maildir(directory: str) -> None:
+    """
+    Make the Maildir at *directory* if it is missing, durably: the parent
+    of each directory made is ``fsync``\\ ed, or a crash could take away a
+    new Maildir, and the mail delivered into it, after the delivery was
+    counted and the queue had let the message go.
+    """
     if directory in _known and os.path.isdir(os.path.join(directory, "new")):
         return
+    made: list[str] = []
+    missing: list[str] = []
+    path = os.path.abspath(directory)
+    while not os.path.isdir(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    for path in reversed(missing):
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            continue
+        made.append(path)
     for sub in ("tmp", "new", "cur"):
-        os.makedirs(os.path.join(directory, sub), mode=0o700, exist_ok=True)
+        try:
+            os.mkdir(os.path.join(directory, sub), 0o700)
+        except FileExistsError:
+            continue
+        made.append(os.path.join(directory, sub))
+    # Children before parents: a parent's fsync then holds entries whose
+    # own directories are already durable.
+    for path in sorted({os.path.dirname(p) for p in made}, key=len, reverse=True):
+        _fsync_directory(path)
     _known.add(directory)
 
 

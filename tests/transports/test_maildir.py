@@ -61,6 +61,34 @@ class MaildirTests(TransportContract, TestCase):
             b"Subject: hi\n\nline one\n.line two\n",
         )
 
+    async def test_makes_a_new_maildir_durably(self) -> None:
+        """
+        The parent of every directory made is fsynced, children first, before
+        the message is written; a Maildir that exists costs nothing more.
+        """
+        fsynced: list[str] = []
+        real_fsync = os.fsync
+
+        def fsync(fd: int) -> None:
+            fsynced.append(os.readlink(f"/proc/self/fd/{fd}"))
+            real_fsync(fd)
+
+        self.patch(os, "fsync", fsync)
+        entry, recipients, route = self.sample_delivery()
+        transport = self.make_transport()
+        results = await transport.deliver(entry, recipients, route)
+        self.assertEqual(results[0].status, DeliveryStatus.DELIVERED)
+        alice = os.path.join(self.root, "alice")
+        (name,) = os.listdir(os.path.join(alice, "new"))
+        made = [alice, self.root, os.path.dirname(self.root)]
+        self.assertEqual(fsynced, [*made, os.path.join(alice, "tmp", name),
+                                   os.path.join(alice, "new")])
+        del fsynced[:]
+        await transport.deliver(entry, recipients, route)
+        self.assertEqual(len(fsynced), 2)
+        self.assertEqual(os.path.dirname(fsynced[0]), os.path.join(alice, "tmp"))
+        self.assertEqual(fsynced[1], os.path.join(alice, "new"))
+
     async def test_refuses_unsafe_directories(self) -> None:
         entry, recipients, _ = self.sample_delivery()
         for bad in ("..", ".hidden", "a/b/../.."):
@@ -91,8 +119,9 @@ class MaildirOwnThreadsTests(MaildirTests):
         transport = self.make_transport()
         results = await transport.deliver(entry, recipients, route)
         self.assertEqual(results[0].status, DeliveryStatus.DELIVERED)
-        # The file, then new/: both in the transport's thread.
-        self.assertEqual(seen, ["mailframe-maildir-1"] * 2)
+        # The three parents of the directories made, the file, then new/:
+        # all in the transport's thread.
+        self.assertEqual(seen, ["mailframe-maildir-1"] * 5)
         await transport.stop()
         self.assertEqual(
             [t.name for t in threading.enumerate() if t.name.startswith("mailframe-maildir")], [])
