@@ -88,7 +88,7 @@ import shutil
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from random import Random
 from typing import Any, BinaryIO, Generic, Protocol, TypeVar, cast
 
@@ -181,7 +181,7 @@ _Reasons = list[tuple[str, str]]
 # its entry's JSON; and what became of each of several.
 _Commit = tuple["_SpoolWriter", bytes, bytes]
 _Commits = list[_Commit]
-_Errors = list[OSError | None]
+_Errors = list[Exception | None]
 # File names the spool reads back: a queue id, then its suffix.
 _QUEUE_ID = re.compile(r"[0-9A-Za-z_-]{1,64}\Z")
 #: The name of a worker's slot: its own ``active/`` and ``tmp/`` directory.
@@ -394,6 +394,7 @@ class SpoolQueueStore:
         self._tails: dict[str, Deferred[None]] = {}
         self._syncers: dict[str, _Group[None]] = {}
         self._commits: _Group[_Commit] = _Group(self._commit_together)
+        self._removals: _Group[str] = _Group(self._remove_together)
         # With SYNC_FILESYSTEM, the spool's directory, open since recovery
         # (the descriptor that syncfs reports write errors through); and
         # whether syncfs has failed, after which every file is fsynced.
@@ -576,7 +577,7 @@ class SpoolQueueStore:
                 self._note(queue_id)
                 self._index_remove(queue_id)
 
-            d = self._serially(queue_id, lambda: self._in_thread(self._remove, queue_id))
+            d = self._serially(queue_id, lambda: self._removals.join(queue_id))
             return d.addCallbacks(removed, gone)
         env = self._layout.env
 
@@ -762,6 +763,14 @@ class SpoolQueueStore:
             return failure
 
         return self._in_thread(self._write_together, commits).addErrback(failed)
+
+    def _remove_together(self, queue_ids: Sequence[str]) -> Deferred[_Errors]:
+        """
+        Remove finished entries in one trip to a thread: a queue runner
+        finishes many at once, and each trip costs more than the ``unlink``
+        calls it makes.
+        """
+        return self._in_thread(self._remove_all, queue_ids)
 
     def _in_thread(self, f: Callable[..., _R], *args: Any) -> Deferred[_R]:
         """Run *f* in a thread; :meth:`wait_idle` waits for it."""
@@ -1117,6 +1126,18 @@ class SpoolQueueStore:
             return
         _unlink(self._layout.envelope(queue_id))
         _unlink(self._layout.why(queue_id))
+
+    def _remove_all(self, queue_ids: Sequence[str]) -> _Errors:
+        """:meth:`_remove` each entry; the error of each, or ``None``, in order."""
+        errors: _Errors = []
+        for queue_id in queue_ids:
+            try:
+                self._remove(queue_id)
+            except Exception as error:  # one entry's error is that entry's alone
+                errors.append(error)
+            else:
+                errors.append(None)
+        return errors
 
     def _defer(self, queue_id: str, when: float, reason: str) -> EntryState | None:
         """

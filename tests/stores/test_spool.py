@@ -1296,6 +1296,43 @@ class SpoolStepTests(_SpoolFiles, SynchronousTestCase):
         # One fsync per message file, and the two directory fsyncs.
         self.assertEqual(self.store.stats_fsyncs - before[1], 10 + 2)
 
+    def test_finished_entries_are_removed_in_groups(self) -> None:
+        ids = [self.commit() for _ in range(5)]
+        claimed = {e.queue_id: e for e in self.settle(self.store.claim(4e9, 10, 60))}
+        first = self.store.record(delivered(claimed[ids[0]]))
+        self.assertEqual(self.pool.names(), ["_remove_all"])
+        finish_first = self.pool.run_held()
+        # Removals asked for while a group is in a thread wait for the next,
+        # which takes them all in one trip.
+        rest = [self.store.record(delivered(claimed[q])) for q in ids[1:]]
+        self.assertEqual(self.pool.jobs, [])
+        finish_first()
+        self.assertIsNone(self.successResultOf(first))
+        self.assertEqual(self.pool.names(), ["_remove_all"])
+        for d in rest:
+            self.assertNoResult(d)
+        self.pool.run_one()
+        for d in rest:
+            self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(self.pool.jobs, [])
+        self.assertEqual(self.where(), {})
+        self.assertEqual(self.settle(self.store.stats())[EntryState.ACTIVE], 0)
+
+    def test_an_entry_gone_from_a_group_fails_alone(self) -> None:
+        ids = [self.commit() for _ in range(3)]
+        claimed = {e.queue_id: e for e in self.settle(self.store.claim(4e9, 10, 60))}
+        first = self.store.record(delivered(claimed[ids[0]]))
+        finish_first = self.pool.run_held()
+        # An operator deletes the second behind the runner's back.
+        os.unlink(self.file("active", ids[1]))
+        rest = [self.store.record(delivered(claimed[q])) for q in ids[1:]]
+        finish_first()
+        self.successResultOf(first)
+        self.pool.run_all()
+        self.failureResultOf(rest[0], NoSuchEntry)
+        self.assertIsNone(self.successResultOf(rest[1]))
+        self.assertEqual(self.where(), {})
+
     def test_back_pressure(self) -> None:
         store = self.make(high_water=256 * 1024)
         writer = store.open_writer()
