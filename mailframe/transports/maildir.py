@@ -19,17 +19,37 @@ from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from mailframe.address import Mailbox
-from mailframe.components import ComponentMaker
+from mailframe.components import ComponentMaker, Setting
 from mailframe.envelope import DeliveryStatus, QueueEntry, RecipientResult, Route
 from mailframe.interfaces import IDeliveryTransport, IQueueStore
 from mailframe.policies.users import local_mailbox_name
 from mailframe.reply import Reply
 from mailframe.stores._threads import PoolRunner, Runner, ThreadPoolLike, ThreadRunner
 
-__all__ = ["MaildirTransport", "deliver_to_maildir"]
+__all__ = ["DEFAULT_THREADS", "MaildirTransport", "deliver_to_maildir"]
 
 _CHUNK = 256 * 1024
 _counter = itertools.count()
+
+#: Threads of a transport unless told otherwise. Each delivery in a thread
+#: takes and gives back the interpreter's lock around each of its dozen
+#: system calls, and threads that do so together hand the lock round far
+#: more often than they do work: on a fast disk, four threads cost a
+#: delivery twice the CPU of one (see docs/performance.rst). More threads
+#: help a disk whose ``fsync`` is slow, where they wait on it together.
+DEFAULT_THREADS = 1
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write all of *data*: ``write`` may take less than it is given."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _host() -> str:
+    """The host name as a Maildir file name holds it (``/`` would split it)."""
+    return socket.gethostname().replace("/", "_").replace(":", "_")
 
 
 def _fsync_directory(path: str) -> None:
@@ -91,12 +111,12 @@ def deliver_to_maildir(directory: str, prefix: bytes, message: IO[bytes], now: f
     _ensure_maildir(directory)
     seconds = int(now)
     unique = (f"{seconds}.M{int((now - seconds) * 1e6)}P{os.getpid()}"
-              f"Q{next(_counter)}.{socket.gethostname().replace('/', '_')}")
+              f"Q{next(_counter)}.{_host()}")
     tmp_path = os.path.join(directory, "tmp", unique)
     new_path = os.path.join(directory, "new", unique)
     fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.write(fd, prefix)
+        _write_all(fd, prefix)
         carry = b""
         while True:
             chunk = message.read(_CHUNK)
@@ -106,9 +126,9 @@ def deliver_to_maildir(directory: str, prefix: bytes, message: IO[bytes], now: f
             carry = b"\r" if chunk.endswith(b"\r") else b""
             if carry:
                 chunk = chunk[:-1]
-            os.write(fd, chunk.replace(b"\r\n", b"\n"))
+            _write_all(fd, chunk.replace(b"\r\n", b"\n"))
         if carry:
-            os.write(fd, carry)
+            _write_all(fd, carry)
         os.fsync(fd)
     except BaseException:
         os.close(fd)
@@ -135,11 +155,13 @@ class MaildirTransport:
         cost a delivery far less CPU than a trip through a thread pool.
         They end when the reactor shuts down.
     :param threads: how many threads of its own, when no *threadpool* is
-        given: deliveries whose ``fsync`` calls wait on the disk together.
+        given: how many deliveries are written at once (see
+        :data:`DEFAULT_THREADS`).
     """
 
     def __init__(self, store: IQueueStore, reactor: Any,
-                 threadpool: ThreadPoolLike | None = None, threads: int = 4) -> None:
+                 threadpool: ThreadPoolLike | None = None,
+                 threads: int = DEFAULT_THREADS) -> None:
         self.store = store
         self.reactor = reactor
         self._runner: Runner = (
@@ -197,7 +219,7 @@ class MaildirTransport:
 
 
 def _build_maildir(settings: Any, context: Any) -> MaildirTransport:
-    return MaildirTransport(context.store, context.reactor)
+    return MaildirTransport(context.store, context.reactor, threads=settings["threads"])
 
 
 #: The ``maildir`` transport plugin.
@@ -206,4 +228,11 @@ maildir_maker = ComponentMaker(
     name="maildir",
     description="Delivers into the Maildir named by the route, with fsync",
     factory=_build_maildir,
+    schema={
+        "threads": Setting(
+            "integer", DEFAULT_THREADS,
+            "Deliveries written at once, each in a thread of its own. One costs the"
+            " least CPU; more help only a disk whose fsync is slow.", minimum=1,
+        ),
+    },
 )

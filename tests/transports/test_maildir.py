@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import tempfile
@@ -12,10 +13,13 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from mailframe.address import AddressError, Mailbox
+from mailframe.config import ComponentContext, ConfigError, parse_config
 from mailframe.envelope import DeliveryStatus, Route
+from mailframe.registry import Components, discover
 from mailframe.routing import LocalRouter
+from mailframe.stores._threads import ThreadRunner
 from mailframe.testing import MemoryQueueStore, RouterContract, TransportContract, envelope
-from mailframe.transports.maildir import MaildirTransport
+from mailframe.transports.maildir import DEFAULT_THREADS, MaildirTransport, deliver_to_maildir
 
 
 class MaildirTests(TransportContract, TestCase):
@@ -125,6 +129,52 @@ class MaildirOwnThreadsTests(MaildirTests):
         await transport.stop()
         self.assertEqual(
             [t.name for t in threading.enumerate() if t.name.startswith("mailframe-maildir")], [])
+
+
+class MaildirPluginTests(TestCase):
+    """The ``maildir`` plugin as a config builds it."""
+
+    def build(self, text: str) -> MaildirTransport:
+        config = parse_config(text)
+        context = ComponentContext(reactor=reactor, random=None,
+                                   store=MemoryQueueStore(Clock()))
+        transport = Components(config, discover(), context).get("transport", "maildir")
+        self.addCleanup(transport.stop)
+        return transport
+
+    def test_one_thread_by_default(self) -> None:
+        runner = self.build('transports = ["maildir"]\n')._runner
+        self.assertIsInstance(runner, ThreadRunner)
+        self.assertEqual(runner.size, DEFAULT_THREADS)
+        self.assertEqual(DEFAULT_THREADS, 1)
+
+    def test_threads_setting(self) -> None:
+        runner = self.build('transports = ["maildir"]\n[plugins.maildir]\nthreads = 3\n')._runner
+        self.assertEqual(runner.size, 3)  # type: ignore[attr-defined]
+
+    def test_bad_threads_setting_names_its_line(self) -> None:
+        with self.assertRaises(ConfigError) as caught:
+            self.build('transports = ["maildir"]\n\n[plugins.maildir]\nthreads = 0\n')
+        self.assertEqual((caught.exception.key, caught.exception.line),
+                         ("plugins.maildir.threads", 4))
+
+
+class ShortWriteTests(TestCase):
+    def test_every_octet_is_written_when_write_takes_less(self) -> None:
+        work = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, work)
+        real_write = os.write
+
+        def short(fd: int, data: bytes) -> int:
+            return real_write(fd, bytes(data[:7]))
+
+        self.patch(os, "write", short)
+        body = b"Subject: x\r\n\r\n" + b"a line of the body\r\n" * 50
+        path = deliver_to_maildir(os.path.join(work, "m"), b"Return-Path: <>\n",
+                                  io.BytesIO(body), 1e9)
+        with open(path, "rb") as handle:
+            self.assertEqual(handle.read(),
+                             b"Return-Path: <>\n" + body.replace(b"\r\n", b"\n"))
 
 
 class LocalRouterTests(RouterContract, TestCase):
