@@ -58,6 +58,7 @@ from zope.interface import implementer
 from mailframe.interfaces import IQueueStore
 from mailframe.logs import format_classic
 from mailframe.protocols.proxy import split_proxy
+from mailframe.stores import StoreUnavailable
 
 __all__ = [
     "AdoptedEndpoint",
@@ -556,7 +557,12 @@ class WorkerSupervisor(Service):
                     self._spawn(str(number))
 
         def failed(failure: Failure) -> None:
-            _log.failure("Could not recover the queue; starting no worker", failure)
+            if failure.check(StoreUnavailable):
+                # Not a bug: the message says what is wrong and what to do.
+                _log.critical("Could not recover the queue; starting no worker: {error}",
+                              error=failure.getErrorMessage())
+            else:
+                _log.failure("Could not recover the queue; starting no worker", failure)
             self.ready.errback(failure)
 
         recovered.addCallback(start).addCallbacks(lambda _: self.ready.callback(None), failed)

@@ -21,7 +21,10 @@ Layout under the spool's directory, after Postfix's queue directories:
     why an entry is on hold or corrupt, when it was said;
 ``trigger``
     touched by the ``mailframe queue`` command after it changes something,
-    so that a running server looks again at once.
+    so that a running server looks again at once;
+``lock``
+    the pid of the server that owns the spool, which holds a lock on this
+    file while it runs (see :meth:`SpoolQueueStore.recover`).
 
 So a directory scan tells every entry's state and next attempt: startup
 recovery reads no envelope, and an envelope is read when its entry is
@@ -80,6 +83,7 @@ entry that the command moved away.
 from __future__ import annotations
 
 import errno
+import fcntl
 import heapq
 import io
 import os
@@ -88,6 +92,7 @@ import shutil
 import struct
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from random import Random
 from typing import Any, BinaryIO, Generic, Protocol, TypeVar, cast
@@ -110,7 +115,12 @@ from mailframe.envelope import (
     RecipientState,
 )
 from mailframe.interfaces import IQueueStore, IQueueWriter
-from mailframe.stores._errors import EntryStateError, NoSuchEntry, check_recipients
+from mailframe.stores._errors import (
+    EntryStateError,
+    NoSuchEntry,
+    StoreUnavailable,
+    check_recipients,
+)
 from mailframe.stores._ids import RandomSource, id_source, new_queue_id, queue_id_time
 from mailframe.stores._index import QueueIndex
 from mailframe.stores._pressure import (
@@ -226,6 +236,10 @@ class _Layout:
     @property
     def trigger(self) -> str:
         return os.path.join(self.root, "trigger")
+
+    @property
+    def lock(self) -> str:
+        return os.path.join(self.root, "lock")
 
     def directory(self, state: EntryState) -> str:
         """The directory of *state*; for ``active``, this store's own."""
@@ -400,6 +414,7 @@ class SpoolQueueStore:
         # whether syncfs has failed, after which every file is fsynced.
         self._sync_fd: int | None = None
         self._sync_failed = False
+        self._lock_fd: int | None = None
         self._recovering = False
         self._recovered = False
         self._free: int | None = None
@@ -429,6 +444,15 @@ class SpoolQueueStore:
           from its modification time;
         - delete each ``.env`` and ``.why`` whose entry is gone (a removal
           stopped between its unlinks).
+
+        First, a store that owns the spool (one without a worker *slot*)
+        takes a lock on its ``lock`` file, and holds it for as long as the
+        store exists: the recovery of a second server on the same spool
+        would take back the entries the first is delivering, and throw
+        away the messages it is receiving. That second server's recovery
+        fails with :class:`~mailframe.stores.StoreUnavailable`, naming the
+        pid of the first. Workers share their supervisor's lock; the
+        ``mailframe queue`` command, which does not recover, takes none.
 
         An entry whose envelope cannot be read is found when it is claimed,
         and set aside in ``corrupt/`` then.
@@ -1345,8 +1369,39 @@ class SpoolQueueStore:
                 found.append(_Found(queue_id, state, when))
         return found
 
+    def _take_lock(self) -> None:
+        """
+        Lock the spool for this process, or raise
+        :class:`~mailframe.stores.StoreUnavailable`. A POSIX record lock
+        belongs to the process: another store of this process on the same
+        spool (as a test makes) takes it again, and a server that dies,
+        however it dies, lets it go.
+        """
+        if self._lock_fd is not None:
+            return
+        os.makedirs(self.path, exist_ok=True)
+        fd = os.open(self._layout.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            os.close(fd)
+            if error.errno not in (errno.EACCES, errno.EAGAIN):
+                raise
+            raise StoreUnavailable(
+                f"the spool {self.path} is in use by another mailframe server"
+                f" (pid {holder or 'unknown'}); stop it, or give this one a"
+                f" queue_dir of its own"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        self._lock_fd = fd
+        weakref.finalize(self, os.close, fd)
+
     def _recover(self, now: float) -> _Scan:
         layout = self._layout
+        if self.slot is None:
+            self._take_lock()
         made = set()
         for directory in [layout.tmp, layout.env, *(layout.directory(s) for s in _STATES)]:
             if not os.path.isdir(directory):

@@ -48,7 +48,7 @@ MESSAGE = b"Subject: test\r\n\r\nHello\r\n"
 #: The octets after the entry's JSON at the end of a ``.msg``.
 TRAILER_SIZE = 16
 STATES = ("incoming", "active", "deferred", "hold", "corrupt")
-LAYOUT = ["active", "corrupt", "deferred", "env", "hold", "incoming", "tmp"]
+LAYOUT = ["active", "corrupt", "deferred", "env", "hold", "incoming", "lock", "tmp"]
 DELIVERED = RecipientState.DELIVERED
 PENDING = RecipientState.PENDING
 

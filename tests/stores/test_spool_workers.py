@@ -9,6 +9,8 @@ worker's recovery leaves the others' active entries alone, and the
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Generator
 from typing import Any
 
@@ -17,11 +19,21 @@ from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.trial.unittest import TestCase
 
 from mailframe.envelope import EntryState
-from mailframe.stores import SpoolQueueStore
+from mailframe.stores import SpoolQueueStore, StoreUnavailable
 
 from .test_spool import MESSAGE, delivered, listing, started_pool, temp_dir, two_recipients
 
 _Test = Generator[Deferred[Any], Any, None]
+#: Locks the file named by its argument as a server does, says so, and
+#: holds it until its input ends.
+_HOLDER = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+os.write(fd, b"%d\\n" % os.getpid())
+print("locked", flush=True)
+sys.stdin.read()
+"""
 NOW = 4e9
 
 
@@ -55,6 +67,54 @@ class SharedSpoolTests(TestCase):
     def names(self, *parts: str) -> list[str]:
         return [name[:-4] for name in listing(os.path.join(self.path, *parts))
                 if name.endswith(".msg")]
+
+    def hold_lock(self) -> int:
+        """Lock the spool from another process, as a running server does; its pid."""
+        os.makedirs(self.path, exist_ok=True)
+        holder = subprocess.Popen(
+            [sys.executable, "-c", _HOLDER, os.path.join(self.path, "lock")],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert holder.stdin is not None and holder.stdout is not None
+
+        def release() -> None:
+            holder.communicate(timeout=30)
+
+        self.addCleanup(release)
+        self.assertEqual(holder.stdout.readline(), b"locked\n")
+        return holder.pid
+
+    @inlineCallbacks
+    def test_a_spool_locked_by_another_process_is_not_recovered(self) -> _Test:
+        pid = self.hold_lock()
+        with open(os.path.join(self.path, "tmp-marker"), "w"):
+            pass
+        store = self.make(None)
+        try:
+            yield store.recover()
+        except StoreUnavailable as error:
+            self.assertEqual(
+                str(error),
+                f"the spool {self.path} is in use by another mailframe server (pid {pid});"
+                f" stop it, or give this one a queue_dir of its own")
+        else:
+            self.fail("recovered a spool that another process holds")
+        # Nothing was touched: not even the directories were made.
+        self.assertEqual(sorted(os.listdir(self.path)), ["lock", "tmp-marker"])
+
+    @inlineCallbacks
+    def test_workers_recover_their_slots_under_the_owner_lock(self) -> _Test:
+        self.hold_lock()
+        os.makedirs(os.path.join(self.path, "tmp"))
+        worker = yield self.worker("1")
+        self.assertEqual(len((yield self.commit(worker, 2))), 2)
+
+    @inlineCallbacks
+    def test_the_owner_writes_its_pid_and_takes_the_lock_again(self) -> _Test:
+        yield self.worker(None)
+        with open(os.path.join(self.path, "lock")) as handle:
+            self.assertEqual(handle.read(), f"{os.getpid()}\n")
+        # A POSIX lock is the process's: another store of it may recover.
+        yield self.worker(None)
 
     def test_slot_names_are_checked(self) -> None:
         for bad in ("", "../x", "a/b", "x" * 33):
