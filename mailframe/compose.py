@@ -242,7 +242,8 @@ def build_mail_service(
         endpoint = (AdoptedEndpoint(reactor, sockets[index], balance) if sockets
                     else serverFromString(reactor, description))
         if behind_proxy:
-            endpoint = ProxyHeaderEndpoint(endpoint, reactor)
+            endpoint = ProxyHeaderEndpoint(endpoint, reactor,
+                                           max_connections=max_connections)
         listeners.append(ListeningService(endpoint, factory, listener.endpoint))
     parts = [*transports.values(), router, *shared, store]
     stoppables = [p for p in parts if callable(getattr(p, "stop", None))]

@@ -8,7 +8,9 @@ transport it is given reports the addresses of the header: relay control,
 connection limits, policies, ``Received:`` and the logs all see the client
 that the proxy accepted, never the proxy. A header that is malformed or does
 not arrive within :data:`HEADER_TIMEOUT` closes the connection before any
-greeting is sent.
+greeting is sent. Connections that wait for their header count toward
+the listener's ``max_connections`` with the sessions: one over the limit is
+closed at once.
 
 Twisted's own ``haproxy:`` endpoint (:mod:`twisted.protocols.haproxy`)
 starts the wrapped protocol before the header arrives, so a session would
@@ -132,9 +134,18 @@ class ProxyHeaderProtocol(Protocol):
         self._parser = core.ProxyHeaderParser()
         self._timer: interfaces.IDelayedCall | None = None
         self._failed = False
+        self._waiting = False
 
     def connectionMade(self) -> None:
-        self._timer = self.factory.clock.callLater(self.factory.timeout, self._timed_out)
+        factory = self.factory
+        limit = factory.max_connections
+        if limit is not None and factory.waiting + factory.connected() >= limit:
+            self._drop("Too many connections: closed the one from {proxy} before its"
+                       " PROXY header (max_connections {limit})", limit=limit)
+            return
+        factory.waiting += 1
+        self._waiting = True
+        self._timer = factory.clock.callLater(factory.timeout, self._timed_out)
 
     def dataReceived(self, data: bytes) -> None:
         if self.wrapped is not None:
@@ -153,6 +164,7 @@ class ProxyHeaderProtocol(Protocol):
     def _start(self, received: core.HeaderReceived) -> None:
         assert self.transport is not None
         self._stop_timer()
+        self._settle()
         header = received.header
         if header.source is None:
             peer: Any = UnnamedClient(self.transport.getPeer())
@@ -181,8 +193,15 @@ class ProxyHeaderProtocol(Protocol):
         assert self.transport is not None
         self._failed = True
         self._stop_timer()
+        self._settle()
         self.log.info(format, proxy=self.transport.getPeer(), **fields)
         self.transport.loseConnection()
+
+    def _settle(self) -> None:
+        """The connection no longer waits for its header."""
+        if self._waiting:
+            self._waiting = False
+            self.factory.waiting -= 1
 
     def _stop_timer(self) -> None:
         if self._timer is not None and self._timer.active():
@@ -196,6 +215,7 @@ class ProxyHeaderProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._stop_timer()
+        self._settle()
         wrapped, self.wrapped = self.wrapped, None
         if wrapped is not None:
             wrapped.connectionLost(reason)
@@ -211,16 +231,28 @@ class ProxyHeaderFactory(Factory):
         ``buildProtocol`` is given the client address of the header.
     :param clock: the clock for the header timeout.
     :param timeout: seconds to wait for the whole header.
+    :param max_connections: the most connections at once, counting those
+        that wait for their header with the wrapped factory's ``connected``
+        ones (if it counts them); ``None`` for no limit.
+    :ivar waiting: the connections waiting for their header now.
     """
 
     protocol = ProxyHeaderProtocol
 
     def __init__(self, wrapped_factory: interfaces.IProtocolFactory,
                  clock: interfaces.IReactorTime,
-                 timeout: float = HEADER_TIMEOUT) -> None:
+                 timeout: float = HEADER_TIMEOUT,
+                 max_connections: int | None = None) -> None:
         self.wrapped_factory = wrapped_factory
         self.clock = clock
         self.timeout = timeout
+        self.max_connections = max_connections
+        self.waiting = 0
+
+    def connected(self) -> int:
+        """The wrapped factory's connections, for those that count them."""
+        count = getattr(self.wrapped_factory, "connected", None)
+        return int(count) if count is not None else 0
 
     def buildProtocol(self, addr: Any) -> ProxyHeaderProtocol:
         return ProxyHeaderProtocol(self)
@@ -244,13 +276,16 @@ class ProxyHeaderEndpoint:
     """
 
     def __init__(self, endpoint: interfaces.IStreamServerEndpoint,
-                 clock: interfaces.IReactorTime, timeout: float = HEADER_TIMEOUT) -> None:
+                 clock: interfaces.IReactorTime, timeout: float = HEADER_TIMEOUT,
+                 max_connections: int | None = None) -> None:
         self.endpoint = endpoint
         self.clock = clock
         self.timeout = timeout
+        self.max_connections = max_connections
 
     def listen(
         self, protocolFactory: interfaces.IProtocolFactory
     ) -> Deferred[interfaces.IListeningPort]:
         return self.endpoint.listen(
-            ProxyHeaderFactory(protocolFactory, self.clock, self.timeout))
+            ProxyHeaderFactory(protocolFactory, self.clock, self.timeout,
+                               self.max_connections))

@@ -827,6 +827,14 @@ class SMTPServerFactory(Factory):
         """The sessions that are connected now."""
         return frozenset(self._sessions)
 
+    @property
+    def connected(self) -> int:
+        """
+        The sessions connected now, on every listener that shares this
+        factory's counts: what ``max_connections`` limits.
+        """
+        return self._counts.total
+
     def admit(self, session: SMTPServerProtocol) -> str | None:
         """Count a new session; the reason to refuse it, or ``None``."""
         address = session.client.address

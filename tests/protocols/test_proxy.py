@@ -315,6 +315,64 @@ class LimitTests(SynchronousTestCase):
         self.assertEqual(take(transport), ["421 4.7.0 mx.example.com Error: too many connections"])
 
 
+class WaitingLimitTests(SynchronousTestCase):
+    """Connections waiting for their header count toward max_connections."""
+
+    def setUp(self) -> None:
+        self.smtp, _, self.clock = make_factory(max_connections=3)
+        self.proxy = ProxyHeaderFactory(self.smtp, self.clock, max_connections=3)
+        self.events: list[dict[str, Any]] = []
+
+    def connect(self) -> tuple[ProxyHeaderProtocol, StringTransport]:
+        protocol = self.proxy.buildProtocol(PROXY_PEER)
+        protocol.log = Logger(observer=self.events.append)
+        transport = StringTransport(hostAddress=PROXY_PEER, peerAddress=PROXY_PEER)
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def test_waiting_and_connected_together(self) -> None:
+        first, _ = self.connect()
+        self.connect()
+        first.dataReceived(v2("192.0.2.10"))
+        self.assertEqual((self.proxy.waiting, self.smtp.connected), (1, 1))
+        self.connect()
+        self.assertEqual(self.proxy.waiting, 2)
+        # Two waiting and one session: the next is closed before its header.
+        over, transport = self.connect()
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(transport.value(), b"")
+        self.assertEqual(self.proxy.waiting, 2)
+        self.assertEqual(self.events[-1]["limit"], 3)
+        self.assertIn("before its PROXY header", self.events[-1]["log_format"])
+        over.connectionLost()
+        self.assertEqual(self.proxy.waiting, 2)
+        # Each way out of waiting frees its place: a timeout, a bad header, a
+        # lost connection.
+        self.clock.advance(HEADER_TIMEOUT)
+        self.assertEqual(self.proxy.waiting, 0)
+        fourth, _ = self.connect()
+        fourth.dataReceived(b"GET / HTTP/1.0\r\n")
+        fifth, _ = self.connect()
+        fifth.connectionLost()
+        self.assertEqual(self.proxy.waiting, 0)
+        sixth, transport = self.connect()
+        sixth.dataReceived(v2("192.0.2.11"))
+        self.assertEqual(take(transport), ["220 mx.example.com ESMTP mailframe"])
+        self.assertEqual((self.proxy.waiting, self.smtp.connected), (0, 2))
+
+    def test_no_limit_by_default(self) -> None:
+        proxy = ProxyHeaderFactory(self.smtp, self.clock)
+        for _ in range(10):
+            protocol = proxy.buildProtocol(PROXY_PEER)
+            protocol.makeConnection(StringTransport(peerAddress=PROXY_PEER))
+        self.assertEqual(proxy.waiting, 10)
+
+    def test_the_endpoint_passes_the_limit_on(self) -> None:
+        inner = RecordingEndpoint()
+        ProxyHeaderEndpoint(inner, self.clock, max_connections=7).listen(self.smtp)
+        self.assertEqual(inner.factories[0].max_connections, 7)
+
+
 class SplitTests(SynchronousTestCase):
     def test_split_proxy(self) -> None:
         self.assertEqual(split_proxy("haproxy:tcp:25:interface=10.0.0.5"),
