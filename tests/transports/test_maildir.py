@@ -7,6 +7,7 @@ import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable
 
 from twisted.internet import reactor
 from twisted.internet.task import Clock
@@ -44,6 +45,18 @@ class MaildirTests(TransportContract, TestCase):
     def wait(self, d: object) -> object:
         return d
 
+    def record_fsyncs(self, what: Callable[[int], str]) -> list[str]:
+        """Record *what* of each descriptor that is fsynced from now on."""
+        recorded: list[str] = []
+        real_fsync = os.fsync
+
+        def fsync(fd: int) -> None:
+            recorded.append(what(fd))
+            real_fsync(fd)
+
+        self.patch(os, "fsync", fsync)
+        return recorded
+
     async def test_one_result_per_recipient(self) -> None:  # type: ignore[override]
         entry, recipients, route = self.sample_delivery()
         results = await self.make_transport().deliver(entry, recipients, route)
@@ -70,14 +83,7 @@ class MaildirTests(TransportContract, TestCase):
         The parent of every directory made is fsynced, children first, before
         the message is written; a Maildir that exists costs nothing more.
         """
-        fsynced: list[str] = []
-        real_fsync = os.fsync
-
-        def fsync(fd: int) -> None:
-            fsynced.append(os.readlink(f"/proc/self/fd/{fd}"))
-            real_fsync(fd)
-
-        self.patch(os, "fsync", fsync)
+        fsynced = self.record_fsyncs(lambda fd: os.readlink(f"/proc/self/fd/{fd}"))
         entry, recipients, route = self.sample_delivery()
         transport = self.make_transport()
         results = await transport.deliver(entry, recipients, route)
@@ -111,14 +117,7 @@ class MaildirOwnThreadsTests(MaildirTests):
         return transport
 
     async def test_writes_in_its_own_threads(self) -> None:
-        seen: list[str] = []
-        real_fsync = os.fsync
-
-        def fsync(fd: int) -> None:
-            seen.append(threading.current_thread().name)
-            real_fsync(fd)
-
-        self.patch(os, "fsync", fsync)
+        seen = self.record_fsyncs(lambda fd: threading.current_thread().name)
         entry, recipients, route = self.sample_delivery()
         transport = self.make_transport()
         results = await transport.deliver(entry, recipients, route)
