@@ -35,7 +35,7 @@ _counter = itertools.count()
 #: takes and gives back the interpreter's lock around each of its dozen
 #: system calls, and threads that do so together hand the lock round far
 #: more often than they do work: on a fast disk, four threads cost a
-#: delivery twice the CPU of one (see docs/performance.rst). More threads
+#: delivery nearly twice the CPU of one (see docs/performance.rst). More threads
 #: help a disk whose ``fsync`` is slow, where they wait on it together.
 DEFAULT_THREADS = 1
 
@@ -48,7 +48,10 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def _host() -> str:
-    """The host name as a Maildir file name holds it (``/`` would split it)."""
+    """
+    The host name as a Maildir file name holds it: ``/`` would split the
+    path, and ``:`` starts the flags of a file in ``cur/``.
+    """
     return socket.gethostname().replace("/", "_").replace(":", "_")
 
 
