@@ -31,13 +31,13 @@ __all__ = ["DEFAULT_THREADS", "MaildirTransport", "deliver_to_maildir"]
 _CHUNK = 256 * 1024
 _counter = itertools.count()
 
-#: Threads of a transport unless told otherwise. Each delivery in a thread
-#: takes and gives back the interpreter's lock around each of its dozen
-#: system calls, and threads that do so together hand the lock round far
-#: more often than they do work: on a fast disk, four threads cost a
-#: delivery nearly twice the CPU of one (see docs/performance.rst). More threads
-#: help a disk whose ``fsync`` is slow, where they wait on it together.
-DEFAULT_THREADS = 1
+#: Threads of a transport unless told otherwise: the deliveries written at
+#: once. Each waits on its own ``fsync`` calls, and more threads let the
+#: disk take more of them together; but each thread also takes and gives
+#: back the interpreter's lock around each of its dozen system calls, which
+#: costs the reactor thread CPU while mail comes in. Four deliver half as
+#: many again per second as one (see docs/performance.rst).
+DEFAULT_THREADS = 4
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -234,8 +234,9 @@ maildir_maker = ComponentMaker(
     schema={
         "threads": Setting(
             "integer", DEFAULT_THREADS,
-            "Deliveries written at once, each in a thread of its own. One costs the"
-            " least CPU; more help only a disk whose fsync is slow.", minimum=1,
+            "Deliveries written at once, each in a thread of its own. More let more"
+            " wait on the disk together; fewer cost less CPU while mail comes in.",
+            minimum=1,
         ),
     },
 )

@@ -141,11 +141,11 @@ class MaildirPluginTests(TestCase):
         self.addCleanup(transport.stop)
         return transport
 
-    def test_one_thread_by_default(self) -> None:
+    def test_four_threads_by_default(self) -> None:
         runner = self.build('transports = ["maildir"]\n')._runner
         self.assertIsInstance(runner, ThreadRunner)
         self.assertEqual(runner.size, DEFAULT_THREADS)
-        self.assertEqual(DEFAULT_THREADS, 1)
+        self.assertEqual(DEFAULT_THREADS, 4)
 
     def test_threads_setting(self) -> None:
         runner = self.build('transports = ["maildir"]\n[plugins.maildir]\nthreads = 3\n')._runner
