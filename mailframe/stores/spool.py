@@ -121,6 +121,7 @@ from mailframe.stores._errors import (
     StoreUnavailable,
     check_recipients,
 )
+from mailframe.stores._files import write_all
 from mailframe.stores._ids import RandomSource, id_source, new_queue_id, queue_id_time
 from mailframe.stores._index import QueueIndex
 from mailframe.stores._pressure import (
@@ -972,7 +973,7 @@ class SpoolQueueStore:
     def _write_durably(self, path: str, data: bytes) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            _write_all(fd, data)
+            write_all(fd, data)
             self._fsync(fd)
         finally:
             os.close(fd)
@@ -1663,7 +1664,7 @@ class _SpoolWriter(GatedWriter):
     def _append(self, data: bytes) -> None:
         if self._fd is None:
             self._fd = _create(self._temporary())
-        _write_all(self._fd, data)
+        write_all(self._fd, data)
 
     def _open_for_reading(self) -> BinaryIO:
         if self._error is not None:
@@ -1681,7 +1682,7 @@ class _SpoolWriter(GatedWriter):
         """Write the rest of the message and its trailer; not yet durable."""
         if self._fd is None:
             self._fd = _create(self._temporary())
-        _write_all(self._fd, data + document + _TRAILER.pack(len(document), _MAGIC))
+        write_all(self._fd, data + document + _TRAILER.pack(len(document), _MAGIC))
 
     def _place(self) -> None:
         """Close the durable file and rename it into place."""
@@ -1709,12 +1710,6 @@ def _first_error(failure: Failure) -> Failure:
 
 def _create(path: str) -> int:
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def _unlink(path: str) -> None:

@@ -24,6 +24,7 @@ from mailframe.envelope import DeliveryStatus, QueueEntry, RecipientResult, Rout
 from mailframe.interfaces import IDeliveryTransport, IQueueStore
 from mailframe.policies.users import local_mailbox_name
 from mailframe.reply import Reply
+from mailframe.stores._files import write_all
 from mailframe.stores._threads import PoolRunner, Runner, ThreadPoolLike, ThreadRunner
 
 __all__ = ["DEFAULT_THREADS", "MaildirTransport", "deliver_to_maildir"]
@@ -38,13 +39,6 @@ _counter = itertools.count()
 #: costs the reactor thread CPU while mail comes in. Four deliver half as
 #: many again per second as one (see docs/performance.rst).
 DEFAULT_THREADS = 4
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    """Write all of *data*: ``write`` may take less than it is given."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def _host() -> str:
@@ -119,7 +113,7 @@ def deliver_to_maildir(directory: str, prefix: bytes, message: IO[bytes], now: f
     new_path = os.path.join(directory, "new", unique)
     fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        _write_all(fd, prefix)
+        write_all(fd, prefix)
         carry = b""
         while True:
             chunk = message.read(_CHUNK)
@@ -129,9 +123,9 @@ def deliver_to_maildir(directory: str, prefix: bytes, message: IO[bytes], now: f
             carry = b"\r" if chunk.endswith(b"\r") else b""
             if carry:
                 chunk = chunk[:-1]
-            _write_all(fd, chunk.replace(b"\r\n", b"\n"))
+            write_all(fd, chunk.replace(b"\r\n", b"\n"))
         if carry:
-            _write_all(fd, carry)
+            write_all(fd, carry)
         os.fsync(fd)
     except BaseException:
         os.close(fd)
