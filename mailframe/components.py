@@ -274,6 +274,12 @@ class ComponentMaker:
         :attr:`ComponentContext.worker <mailframe.config.ComponentContext>`),
         so a store must say that it can; one that lives in a process's
         memory cannot.
+    :ivar validate: ``validate(settings)``, called with the settings that
+        passed the schema, raises :class:`SettingError` for what the schema
+        cannot say: settings that conflict, or one that this machine cannot
+        honour. It runs when the config is checked, before anything is
+        built, so that the error is reported as a usage error, like those
+        of the schema.
     """
 
     kind: str = attrs.field(validator=_check_kind)
@@ -283,10 +289,14 @@ class ComponentMaker:
     schema: Mapping[str, Setting] = attrs.field(factory=dict)
     durable: bool = True
     shared: bool = False
+    validate: Callable[[Mapping[str, Any]], None] | None = attrs.field(default=None, repr=False)
 
     def check(self, settings: Mapping[str, Any]) -> dict[str, Any]:
-        """The checked settings; see :func:`check_settings`."""
-        return check_settings(self.schema, settings)
+        """The checked settings; see :func:`check_settings` and :attr:`validate`."""
+        checked = check_settings(self.schema, settings)
+        if self.validate is not None:
+            self.validate(checked)
+        return checked
 
     def build(self, settings: Mapping[str, Any], context: Any) -> Any:
         """

@@ -336,6 +336,26 @@ def test_check_returns_the_checked_settings() -> None:
     assert maker.check({"directory": "/d"})["depth"] == 2
 
 
+def _no_deep_fast(settings: Mapping[str, Any]) -> None:
+    if settings["mode"] == "fast" and settings["depth"] > 3:
+        raise SettingError("depth", "a fast mode goes at most 3 deep")
+
+
+def test_validate_sees_the_checked_settings_and_can_refuse() -> None:
+    calls: list[object] = []
+    maker = ComponentMaker("router", "acme", "ACME",
+                           lambda settings, context: calls.append(settings), SCHEMA,
+                           validate=_no_deep_fast)
+    assert maker.check({"directory": "/d", "depth": 3})["depth"] == 3
+    assert maker.check({"directory": "/d", "depth": 9, "mode": "safe"})["depth"] == 9
+    with pytest.raises(SettingError, match="at most 3 deep") as raised:
+        maker.check({"directory": "/d", "depth": 4})
+    assert raised.value.key == "depth"
+    with pytest.raises(SettingError, match="at most 3 deep"):
+        maker.build({"directory": "/d", "depth": 4}, None)
+    assert calls == []
+
+
 # -- the contract, for every plugin that discovery finds --------------------------
 
 _REGISTRY = discover()

@@ -93,7 +93,7 @@ import struct
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from random import Random
 from typing import Any, BinaryIO, Generic, Protocol, TypeVar, cast
 
@@ -1819,11 +1819,15 @@ def _read_trailer(path: str) -> bytes:
         return f.read(length)
 
 
-def _build_spool(settings: Any, context: Any) -> SpoolQueueStore:
+def _check_spool(settings: Mapping[str, Any]) -> None:
+    """Refuse ``sync = "filesystem"`` where ``syncfs`` cannot be trusted."""
     if settings["sync"] == SYNC_FILESYSTEM:
         syncfs, why = load_syncfs()
         if syncfs is None:
             raise SettingError("sync", f"{SYNC_FILESYSTEM!r} cannot be used here: {why}")
+
+
+def _build_spool(settings: Any, context: Any) -> SpoolQueueStore:
     return SpoolQueueStore(
         context.config.queue_dir, context.reactor, random=id_source(context.random),
         min_free=settings["min_free"], slot=getattr(context, "worker", None),
@@ -1837,6 +1841,7 @@ spool_maker = ComponentMaker(
     name="spool",
     description="Durable queue in a local directory (queue_dir), one file per message",
     factory=_build_spool,
+    validate=_check_spool,
     shared=True,
     schema={
         "min_free": Setting(

@@ -17,13 +17,15 @@ import pytest
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.logger import LogLevel
+from twisted.python import usage
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from mailframe.components import SettingError
 from mailframe.stores import SpoolQueueStore
 from mailframe.stores import spool as spool_module
 from mailframe.stores._syncfs import load_syncfs
-from mailframe.stores.spool import SYNC_FILESYSTEM, _build_spool
+from mailframe.stores.spool import SYNC_FILESYSTEM, spool_maker
+from mailframe.tap import Options
 from tests.stores.test_spool import (
     MESSAGE,
     ManualPool,
@@ -279,12 +281,30 @@ def test_filesystem_sync_where_it_is_unsafe(monkeypatch: pytest.MonkeyPatch,
                         lambda: (None, "Linux 5.4.0 does not report write errors"))
     with pytest.raises(ValueError, match=r"cannot be used here: Linux 5\.4\.0"):
         SpoolQueueStore(str(tmp_path), reactor, sync=SYNC_FILESYSTEM)
-    context = type("Context", (), {"config": type("Config", (), {"queue_dir": str(tmp_path)}),
-                                   "reactor": reactor, "random": None})()
     with pytest.raises(SettingError) as raised:
-        _build_spool({"min_free": 0, "sync": SYNC_FILESYSTEM}, context)
+        spool_maker.check({"sync": SYNC_FILESYSTEM})
     assert raised.value.key == "sync"
     assert "Linux 5.4.0" in raised.value.message
+    assert spool_maker.check({"sync": "file"})["sync"] == "file"
+
+
+def test_filesystem_sync_refused_with_the_options(monkeypatch: pytest.MonkeyPatch,
+                                                  tmp_path: Any) -> None:
+    """
+    Where syncfs cannot be trusted, ``sync = "filesystem"`` is refused when
+    the options are parsed, as a usage error naming the key and its line
+    (which twistd prints without a traceback), not when the store is built.
+    """
+    monkeypatch.setattr(spool_module, "load_syncfs",
+                        lambda: (None, "Linux 5.4.0 does not report write errors"))
+    path = tmp_path / "mailframe.toml"
+    path.write_text('[plugins.spool]\nsync = "filesystem"\n')
+    with pytest.raises(usage.UsageError) as caught:
+        Options().parseOptions(["--config", str(path)])
+    assert str(caught.value) == (
+        f"plugins.spool.sync in {path}, line 2: 'filesystem' cannot be used here:"
+        " Linux 5.4.0 does not report write errors"
+    )
 
 
 @pytest.mark.parametrize(("system", "release", "reason"), [
