@@ -3,7 +3,7 @@
 What the SMTP server's own code costs per message, without the network.
 
     .venv/bin/python benchmarks/session_cpu.py [--messages 5000] [--rounds 5] [--size 1024]
-        [--log twisted|mailframe]
+        [--log twisted|mailframe] [--server mailframe|twisted] [--instructions]
 
 It builds the server as ``twistd mailframe --store discard --unsafe-store``
 would (the same plugins, policies and settings), connects one session to a
@@ -25,6 +25,15 @@ work on the machine still moves it: compare runs made one after the other,
 or count instructions (see ``benchmarks/README.rst``).
 ``--profile`` prints the functions that cost most, from :mod:`cProfile`.
 
+``--server twisted`` plays the same dialogue into twisted.mail's ESMTP
+server instead, built as the benchmark harness's ``twisted-discard`` peer
+builds it (its lines are dropped, and it logs nothing per message): the
+same measure for the peer that mailframe's discard store is compared with.
+``--instructions`` counts instructions per message instead of timing
+them, which other work on the machine does not move: it runs this script
+under ``valgrind --tool=callgrind`` twice, for the warm-up alone and for
+the warm-up and one round, and divides the difference by the messages.
+
 mailframe is imported from this working tree.
 """
 
@@ -34,11 +43,14 @@ import argparse
 import cProfile
 import pathlib
 import pstats
+import re
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -70,10 +82,15 @@ class _Sink(StringTransport):
     """A transport that counts the messages accepted and keeps nothing."""
 
     accepted = 0
+    #: How the server's reply to a final dot that accepts the message starts.
+    acceptance = b"250 2.0.0 Ok: queued as "
 
     def write(self, data: bytes) -> None:
-        if data.startswith(b"250 2.0.0 Ok: queued as "):
+        if data.startswith(self.acceptance):
             self.accepted += 1
+
+    def writeSequence(self, seq: Iterable[bytes]) -> None:
+        self.write(b"".join(seq))
 
 
 def session(workdir: str, size: int = 1024, log: str = "twisted") -> Callable[[int], None]:
@@ -105,6 +122,52 @@ def session(workdir: str, size: int = 1024, log: str = "twisted") -> Callable[[i
     address = IPv4Address("TCP", "127.0.0.1", 40000)
     protocol = factory.buildProtocol(address)
     transport = _Sink(peerAddress=address)
+    return _play(protocol, transport, size)
+
+
+def twisted_session(size: int = 1024) -> Callable[[int], None]:
+    """
+    As :func:`session`, for twisted.mail's ESMTP server that drops what it
+    is sent: an ``IMessageDelivery`` that takes every sender and recipient,
+    and one ``IMessage`` per transaction whose lines go nowhere.
+    """
+    from twisted.internet import defer
+    from twisted.mail import smtp
+    from zope.interface import implementer
+
+    @implementer(smtp.IMessage)
+    class Dropped:
+        def lineReceived(self, line: bytes) -> None:
+            pass
+
+        def eomReceived(self) -> defer.Deferred[None]:
+            return defer.succeed(None)
+
+        def connectionLost(self) -> None:
+            pass
+
+    @implementer(smtp.IMessageDelivery)
+    class Delivery:
+        def receivedHeader(self, helo: Any, origin: Any, recipients: Any) -> None:
+            return None
+
+        def validateFrom(self, helo: Any, origin: Any) -> Any:
+            return origin
+
+        def validateTo(self, user: Any) -> Callable[[], Dropped]:
+            return Dropped
+
+    protocol = smtp.ESMTP()
+    protocol.host = b"bench.example"
+    protocol.delivery = Delivery()
+    address = IPv4Address("TCP", "127.0.0.1", 40000)
+    transport = _Sink(peerAddress=address)
+    transport.acceptance = b"250 Delivery in progress"
+    return _play(protocol, transport, size)
+
+
+def _play(protocol: Any, transport: _Sink, size: int) -> Callable[[int], None]:
+    """Connect *protocol* to *transport*; the function sends one message."""
     protocol.makeConnection(transport)
     protocol.dataReceived(b"EHLO client.bench.example\r\n")
     reads = message(size)
@@ -138,6 +201,29 @@ def measure(one: Callable[[int], None], messages: int) -> float:
     return spent / messages * 1e6
 
 
+def _collected(argv: list[str]) -> int:
+    """The instructions that callgrind counted in a run of *argv*."""
+    result = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *argv],
+        capture_output=True, text=True, timeout=3600,
+    )
+    found = re.search(r"Collected : (\d+)", result.stderr)
+    if result.returncode != 0 or found is None:
+        raise SystemExit(f"the run under valgrind failed:\n{result.stdout}{result.stderr}")
+    return int(found[1])
+
+
+def instructions(args: argparse.Namespace) -> int:
+    """Instructions per message, from two runs under callgrind."""
+    if shutil.which("valgrind") is None:
+        raise SystemExit("--instructions needs valgrind (apt-get install valgrind)")
+    base = [sys.executable, __file__, "--server", args.server, "--size", str(args.size),
+            "--log", args.log, "--messages", str(args.messages), "--just-run"]
+    warm_up = _collected([*base, "0"])
+    measured = _collected([*base, "1"])
+    return (measured - warm_up) // args.messages
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=5000, help="messages per round")
@@ -146,18 +232,37 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="octets in a message, about (default 1024)")
     parser.add_argument("--log", choices=("twisted", "mailframe"), default="twisted",
                         help="the text observer of the log line (default twisted)")
+    parser.add_argument("--server", choices=("mailframe", "twisted"), default="mailframe",
+                        help="mailframe (default), or twisted.mail's ESMTP server")
+    parser.add_argument("--instructions", action="store_true",
+                        help="count instructions per message under valgrind, instead of time")
     parser.add_argument("--profile", action="store_true",
                         help="print the costliest functions of one more round")
+    # For --instructions: the warm-up, then this many rounds, and no figures.
+    parser.add_argument("--just-run", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.messages < 1 or args.rounds < 1 or args.size < 1:
         parser.error("--messages, --rounds and --size must be at least 1")
+    if args.instructions:
+        count = instructions(args)
+        print("| server | messages | octets | instructions/msg |")
+        print("|--------|---------:|-------:|-----------------:|")
+        print(f"| {args.server} | {args.messages:8d} | {args.size:6d} | {count:16d} |")
+        return 0
     with tempfile.TemporaryDirectory(prefix="mailframe-session-") as workdir:
-        one = session(workdir, args.size, args.log)
+        if args.server == "twisted":
+            one = twisted_session(args.size)
+        else:
+            one = session(workdir, args.size, args.log)
         measure(one, min(args.messages, 500))  # warm-up
+        if args.just_run is not None:
+            for _ in range(args.just_run):
+                measure(one, args.messages)
+            return 0
         figures = [measure(one, args.messages) for _ in range(args.rounds)]
-        print("| messages | octets | rounds | median CPU µs/msg | best CPU µs/msg |")
-        print("|---------:|-------:|-------:|------------------:|----------------:|")
-        print(f"| {args.messages:8d} | {args.size:6d} | {args.rounds:6d}"
+        print("| server | messages | octets | rounds | median CPU µs/msg | best CPU µs/msg |")
+        print("|--------|---------:|-------:|-------:|------------------:|----------------:|")
+        print(f"| {args.server} | {args.messages:8d} | {args.size:6d} | {args.rounds:6d}"
               f" | {statistics.median(figures):17.1f} | {min(figures):15.1f} |")
         if args.profile:
             profile = cProfile.Profile()

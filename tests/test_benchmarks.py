@@ -186,23 +186,47 @@ def test_mta_bench_tiny_run(tmp_path: pathlib.Path, tuned: bool) -> None:
     assert {r["scenario"]: r["messages"] for r in saved["runs"]}["large-hold"] == 20
 
 
-@pytest.mark.parametrize("log", ["twisted", "mailframe"])
-def test_session_cpu_tiny_run(log: str) -> None:
+@pytest.mark.parametrize(("server", "log"), [
+    ("mailframe", "twisted"), ("mailframe", "mailframe"), ("twisted", "twisted"),
+])
+def test_session_cpu_tiny_run(server: str, log: str) -> None:
     """
     The in-process session benchmark (benchmarks/session_cpu.py) on 100
-    messages, with either text observer: it exits 0 with a row of figures
-    (it exits non-zero itself when the server did not accept every message).
+    messages: mailframe with either text observer, and twisted.mail's
+    server. It exits 0 with a row of figures (it exits non-zero itself
+    when the server did not accept every message).
     """
     script = REPO / "benchmarks" / "session_cpu.py"
     result = subprocess.run(
-        [sys.executable, str(script), "--messages", "100", "--rounds", "2", "--log", log],
+        [sys.executable, str(script), "--messages", "100", "--rounds", "2", "--log", log,
+         "--server", server],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     cells = [cell.strip() for cell in result.stdout.splitlines()[-1].strip("|").split("|")]
-    messages, size, rounds, median, best = cells
-    assert (messages, size, rounds) == ("100", "1024", "2"), result.stdout
+    named, messages, size, rounds, median, best = cells
+    assert (named, messages, size, rounds) == (server, "100", "1024", "2"), result.stdout
     assert float(median) >= float(best) > 0, result.stdout
+
+
+def test_session_cpu_counts_instructions() -> None:
+    """
+    ``--instructions`` counts, under valgrind, the instructions of one
+    round beyond the warm-up: per message, more than the 20 KB that the
+    core scans, and far fewer than the start of the interpreter, which the
+    warm-up run takes away.
+    """
+    if shutil.which("valgrind") is None:
+        unavailable("valgrind is not installed")
+    script = REPO / "benchmarks" / "session_cpu.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--messages", "20", "--size", "20480", "--instructions"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    cells = [cell.strip() for cell in result.stdout.splitlines()[-1].strip("|").split("|")]
+    assert cells[:3] == ["mailframe", "20", "20480"], result.stdout
+    assert 20_480 < int(cells[3]) < 20_000_000, result.stdout
 
 
 def test_session_cpu_refuses_a_round_without_acceptances(tmp_path: pathlib.Path) -> None:
