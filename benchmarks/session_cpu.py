@@ -221,7 +221,7 @@ def instructions(args: argparse.Namespace) -> int:
             "--log", args.log, "--messages", str(args.messages), "--just-run"]
     warm_up = _collected([*base, "0"])
     measured = _collected([*base, "1"])
-    return (measured - warm_up) // args.messages
+    return (measured - warm_up) // int(args.messages)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
