@@ -39,6 +39,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from mailframe.stores.spool import WRITE_CHUNK
 from tests.interop.conftest import RawSMTP, Server, maildir_messages, start_server, wait_until
 from tests.interop.sink import Sink
 
@@ -49,8 +50,8 @@ MESSAGES = 12
 #: Seconds for each wait on the server or the sink.
 WAIT = 20.0
 #: Octets of the cut-off message that must reach the spool's ``tmp/``:
-#: more than the spool writer buffers (``WRITE_CHUNK``, 64 KiB).
-LARGE = 256 * 1024
+#: more than the spool writer buffers.
+LARGE = 4 * WRITE_CHUNK
 SENDER = b"injector@example.com"
 RECIPIENT = b"rcpt@remote.example"
 QUEUE_STATES = ("incoming", "active", "deferred", "hold", "corrupt")

@@ -303,7 +303,9 @@ def test_list_and_delete_during_live_data(mta: Callable[[str], Server],
     wait_state(server, [old], "deferred")
 
     live_id = new_id("live")
-    live = message(live_id, lines=4000)
+    # Four times what the spool's writer buffers before a thread appends
+    # it (a line is 78 octets): half of it is more than that.
+    live = message(live_id, lines=4 * WRITE_CHUNK // 78)
     half = live.rfind(b"\r\n", 0, len(live) // 2) + 2
     client = Client(server)
     try:

@@ -35,7 +35,7 @@ from mailframe.stores import EntryStateError, NoSuchEntry, SpoolQueueStore
 from mailframe.stores import spool as spool_module
 from mailframe.stores._ids import queue_id_time
 from mailframe.stores._serialize import entry_from_json
-from mailframe.stores.spool import _MessageFile, _read_trailer
+from mailframe.stores.spool import WRITE_CHUNK, _MessageFile, _read_trailer
 from mailframe.testing._fakes import envelope
 from mailframe.testing._store_contract import QueueStoreContract
 
@@ -490,7 +490,7 @@ class SpoolTests(_SpoolFiles, TestCase):
         fresh = yield self.commit(store)
         held = yield self.commit(store, hold="policy")
         in_flight = store.open_writer()
-        in_flight.write(b"y" * 100_000)
+        in_flight.write(b"y" * (WRITE_CHUNK + 1))
         yield store.wait_idle()
         # What a crash leaves: a message being received, a removal stopped
         # between its unlinks, debris in tmp/, and a file that is not ours.
@@ -1334,15 +1334,18 @@ class SpoolStepTests(_SpoolFiles, SynchronousTestCase):
         self.assertEqual(self.where(), {})
 
     def test_back_pressure(self) -> None:
-        store = self.make(high_water=256 * 1024)
+        # Each write passes WRITE_CHUNK and goes to a thread; the high water
+        # mark is between three of them and four, and half of it between
+        # one and two.
+        chunk = b"b" * (WRITE_CHUNK + WRITE_CHUNK // 4)
+        store = self.make(high_water=16 * len(chunk) // 5)
         writer = store.open_writer()
         producer = RecordingProducer()
         writer.registerProducer(producer, True)
-        chunk = b"b" * 80 * 1024  # each write passes WRITE_CHUNK and goes to a thread
         for _ in range(3):
             writer.write(chunk)
         self.assertEqual(producer.calls, [])
-        writer.write(chunk)  # 320 KiB outstanding, over 256 KiB
+        writer.write(chunk)  # four chunks outstanding, over the mark
         self.assertEqual(producer.calls, ["pause"])
         self.assertTrue(writer.paused)
         writer.write(chunk)
@@ -1351,9 +1354,9 @@ class SpoolStepTests(_SpoolFiles, SynchronousTestCase):
         self.assertEqual(self.pool.names(), ["_append"])
         self.pool.run_one()
         self.pool.run_one()
-        self.pool.run_one()  # 160 KiB: still above half
+        self.pool.run_one()  # two chunks: still above half the mark
         self.assertEqual(producer.calls, ["pause"])
-        self.pool.run_one()  # 80 KiB
+        self.pool.run_one()  # one chunk
         self.assertEqual(producer.calls, ["pause", "resume"])
         self.assertFalse(writer.paused)
         queue_id = self.settle(writer.commit(two_recipients()))
@@ -1424,7 +1427,8 @@ class SpoolStepTests(_SpoolFiles, SynchronousTestCase):
 
     def test_writes_stay_in_order(self) -> None:
         writer = self.store.open_writer()
-        parts = [bytes([65 + i]) * 70_000 for i in range(6)]
+        # Each part is more than the writer keeps, and goes to a thread.
+        parts = [bytes([65 + i]) * (WRITE_CHUNK + 1) for i in range(6)]
         for part in parts:
             writer.write(part)
         d = writer.commit(two_recipients())

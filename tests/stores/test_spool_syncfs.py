@@ -24,7 +24,7 @@ from mailframe.components import SettingError
 from mailframe.stores import SpoolQueueStore
 from mailframe.stores import spool as spool_module
 from mailframe.stores._syncfs import load_syncfs
-from mailframe.stores.spool import SYNC_FILESYSTEM, spool_maker
+from mailframe.stores.spool import SYNC_FILESYSTEM, WRITE_CHUNK, spool_maker
 from mailframe.tap import Options
 from tests.stores.test_spool import (
     MESSAGE,
@@ -163,7 +163,7 @@ class FilesystemSyncStepTests(_SpoolFiles, SynchronousTestCase):
         self.assertEqual(len(self.successResultOf(listed)), 10)
 
     def test_a_large_message_is_appended_first(self) -> None:
-        parts = [bytes([65 + i]) * 70_000 for i in range(3)]
+        parts = [bytes([65 + i]) * (WRITE_CHUNK + 1) for i in range(3)]
         writer = self.store.open_writer()
         for part in parts:
             writer.write(part)

@@ -20,6 +20,7 @@ from twisted.trial.unittest import TestCase
 
 from mailframe.envelope import EntryState
 from mailframe.stores import SpoolQueueStore, StoreUnavailable
+from mailframe.stores.spool import WRITE_CHUNK
 
 from .test_spool import MESSAGE, delivered, listing, started_pool, temp_dir, two_recipients
 
@@ -124,7 +125,7 @@ class SharedSpoolTests(TestCase):
     def test_a_worker_writes_and_claims_in_its_slot(self) -> _Test:
         store = yield self.worker("3")
         writer = store.open_writer()
-        writer.write(MESSAGE * 5000)
+        writer.write(MESSAGE * (WRITE_CHUNK // len(MESSAGE) + 1))
         # A large message is written as it comes, into the slot's tmp/.
         yield store.wait_idle()
         self.assertEqual(listing(os.path.join(self.path, "tmp", "3")), [writer.queue_id + ".msg"])
@@ -177,7 +178,7 @@ class SharedSpoolTests(TestCase):
         self.assertEqual(set(self.names("active", "0")), busy)
         # Slot 1 dies with its claims; its next self puts them back, due now.
         writer = one.open_writer()
-        writer.write(MESSAGE * 5000)
+        writer.write(MESSAGE * (WRITE_CHUNK // len(MESSAGE) + 1))
         yield one.wait_idle()
         again = yield self.worker("1")
         self.assertEqual(self.names("active", "1"), [])
@@ -200,7 +201,7 @@ class SharedSpoolTests(TestCase):
         b = yield self.commit(one, 1)
         yield one.claim(NOW, 10, 600)
         writer = one.open_writer()
-        writer.write(MESSAGE * 5000)
+        writer.write(MESSAGE * (WRITE_CHUNK // len(MESSAGE) + 1))
         yield one.wait_idle()
         whole = yield self.worker(None)
         self.assertEqual(set(self.names("deferred")), {*a, *b})
