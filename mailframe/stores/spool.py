@@ -391,8 +391,9 @@ class SpoolQueueStore:
         self.slot = slot
         self.min_free = min_free
         self.high_water = high_water
-        # A writer keeps no more than a quarter of the high water mark to
-        # itself: were it to keep half, a paused client would never resume.
+        # A writer keeps at most a quarter of the high water mark unwritten:
+        # one that kept half of it could pause its client for good, since
+        # the client resumes only once less than half is outstanding.
         self._write_chunk = min(WRITE_CHUNK, high_water // 4)
         self.stats_fsyncs = 0
         self.stats_dir_fsyncs = 0
