@@ -194,6 +194,7 @@ _Taken = list[tuple[str, EntryState]]
 _Names = list[str]
 _Found_ = list["_Found"]
 _Reasons = list[tuple[str, str]]
+_Opened = dict[str, BinaryIO]
 # A message to commit with others: its writer, the rest of its data, and
 # its entry's JSON; and what became of each of several.
 _Commit = tuple["_SpoolWriter", bytes, bytes]
@@ -413,6 +414,9 @@ class SpoolQueueStore:
         # neither a claim nor a record reads a file.
         self._cache: dict[str, QueueEntry] = {}
         self._claimed: dict[str, QueueEntry] = {}
+        # The message files of claimed entries, opened by the claim's own
+        # trip to a thread, for the first open_message() of each.
+        self._opened: _Opened = {}
         self._writers: dict[str, _SpoolWriter] = {}
         # Per entry, the last of its file operations, so that they run in
         # the order they were asked for.
@@ -536,15 +540,22 @@ class SpoolQueueStore:
         ``corrupt/`` gives its whole file, for an operator to look at, and
         any other fails with :class:`OSError` (``EBADMSG``), so that no
         envelope is ever delivered as part of a message.
+
+        The first call for an entry that :meth:`claim` took needs no thread:
+        the claim opened its file, in the trip that renamed it.
         """
+        opened = self._opened.pop(queue_id, None)
+        if opened is not None:
+            return defer.succeed(opened)
         return self._in_thread(self._open_message, queue_id)
 
     def claim(self, now: float, limit: int, lease: float) -> Deferred[_Entries]:
         """
         Take due entries with a rename each into ``active/``, in one trip
-        to a thread. An entry that another process moved or deleted
-        meanwhile is not taken; one whose envelope cannot be read is moved
-        to ``corrupt/``, logged and counted.
+        to a thread, which also opens the message of each for its delivery
+        (see :meth:`open_message`). An entry that another process moved or
+        deleted meanwhile is not taken; one whose envelope cannot be read
+        is moved to ``corrupt/``, logged and counted.
         """
         if not self._recovered:
             return defer.fail(RuntimeError("recover() the spool before claiming from it"))
@@ -553,8 +564,11 @@ class SpoolQueueStore:
             return defer.succeed([])
         cached = {queue_id: self._cache.pop(queue_id, None) for queue_id, _ in taken}
 
-        def claimed(result: tuple[_Entries, _Names, _Reasons]) -> _Entries:
-            entries, lost, corrupt = result
+        def claimed(result: tuple[_Entries, _Names, _Reasons, _Opened]) -> _Entries:
+            entries, lost, corrupt, opened = result
+            for queue_id, message in opened.items():
+                self._close_opened(queue_id)
+                self._opened[queue_id] = message
             for queue_id, _ in taken:
                 self._note(queue_id)
             for queue_id in lost:
@@ -605,6 +619,9 @@ class SpoolQueueStore:
                 self._index_remove(queue_id)
             return failure
 
+        # The delivery attempt is over: a file the claim opened and the
+        # attempt never took is not wanted.
+        self._close_opened(queue_id)
         if entry.done:
             self._forget(queue_id)
 
@@ -641,6 +658,7 @@ class SpoolQueueStore:
         except NoSuchEntry:
             return defer.fail()
         self._claimed.pop(queue_id, None)
+        self._close_opened(queue_id)
         if state is not EntryState.ACTIVE:
             return defer.succeed(None)
 
@@ -741,6 +759,8 @@ class SpoolQueueStore:
         if self._watch is not None and self._watch.active():
             self._watch.cancel()
         self._watch = None
+        for queue_id in list(self._opened):
+            self._close_opened(queue_id)
 
         def stopped(_: None) -> None:
             _log.info(
@@ -831,6 +851,7 @@ class SpoolQueueStore:
         operations; then bring the index up to date with where the entry is
         now, and tell another process's server if this is not one.
         """
+        self._close_opened(queue_id)
 
         def run() -> Deferred[EntryState | None]:
             return self._in_thread(op, queue_id, *args)
@@ -861,6 +882,13 @@ class SpoolQueueStore:
     def _forget(self, queue_id: str) -> None:
         self._cache.pop(queue_id, None)
         self._claimed.pop(queue_id, None)
+        self._close_opened(queue_id)
+
+    def _close_opened(self, queue_id: str) -> None:
+        """Close the file that a claim opened for *queue_id*, if nobody took it."""
+        opened = self._opened.pop(queue_id, None)
+        if opened is not None:
+            opened.close()
 
     def _note(self, queue_id: str) -> None:
         """The index of *queue_id* changed here: a rescan under way must not undo it."""
@@ -1089,10 +1117,11 @@ class SpoolQueueStore:
 
     def _take(
         self, taken: _Taken, cached: dict[str, QueueEntry | None]
-    ) -> tuple[_Entries, _Names, _Reasons]:
+    ) -> tuple[_Entries, _Names, _Reasons, _Opened]:
         entries: _Entries = []
         lost: _Names = []
         corrupt: _Reasons = []
+        opened: _Opened = {}
         for queue_id, previous in taken:
             if previous is EntryState.ACTIVE:
                 # Its lease ran out: it is taken again where it is, if it
@@ -1128,7 +1157,26 @@ class SpoolQueueStore:
                         corrupt.append((queue_id, reason))
                     continue
             entries.append(attrs.evolve(entry, state=EntryState.ACTIVE))
-        return entries, lost, corrupt
+            message = self._open_active(queue_id)
+            if message is not None:
+                opened[queue_id] = message
+        return entries, lost, corrupt, opened
+
+    def _open_active(self, queue_id: str) -> BinaryIO | None:
+        """
+        The message of a claimed entry, or ``None`` if it cannot be opened
+        here: :meth:`open_message` then tries again, and reports why.
+        """
+        try:
+            raw = io.FileIO(self._layout.message(EntryState.ACTIVE, queue_id), "rb")
+        except OSError:
+            return None
+        try:
+            size = _message_size(raw)
+        except (CorruptEntryError, OSError):
+            raw.close()
+            return None
+        return cast(BinaryIO, io.BufferedReader(_MessageFile(raw, size)))
 
     def _write_env(self, entry: QueueEntry, known: QueueEntry | None) -> None:
         queue_id = entry.queue_id

@@ -1425,6 +1425,58 @@ class SpoolStepTests(_SpoolFiles, SynchronousTestCase):
         self.assertEqual(self.settle(self.store.list()), [])
         self.assertEqual(self.settle(self.store.claim(4e9, 10, 60)), [])
 
+    def open_files(self) -> set[str]:
+        """The message files within the spool that this process has open."""
+        if not os.path.isdir("/proc/self/fd"):
+            raise SkipTest("needs /proc to list open files")
+        paths = set()
+        for name in os.listdir("/proc/self/fd"):
+            try:
+                target = os.readlink(f"/proc/self/fd/{name}")
+            except OSError:
+                continue
+            if target.startswith(self.path + os.sep) and target.endswith(".msg"):
+                paths.add(os.path.relpath(target, self.path))
+        return paths
+
+    def test_a_claim_opens_the_message_for_its_delivery(self) -> None:
+        queue_id = self.commit()
+        [entry] = self.settle(self.store.claim(4e9, 10, 60))
+        self.assertEqual(entry.queue_id, queue_id)
+        # The claim's trip opened the file: the first open needs none.
+        d = self.store.open_message(queue_id)
+        self.assertEqual(self.pool.names(), [])
+        message = self.successResultOf(d)
+        self.addCleanup(message.close)
+        self.assertEqual(message.read(), MESSAGE)
+        # A second open goes to a thread, as before.
+        again = self.store.open_message(queue_id)
+        self.assertEqual(self.pool.run_all(), ["_open_message"])
+        with self.successResultOf(again) as second:
+            self.assertEqual(second.read(), MESSAGE)
+
+    def test_a_message_the_claim_opened_is_closed_when_the_attempt_ends(self) -> None:
+        """
+        Whatever ends an attempt that never opened its message (a record, a
+        reschedule, an operator's change, or the store's stop), the file
+        that the claim opened is closed, and the next open finds the entry
+        as it is then.
+        """
+        ids = [self.commit() for _ in range(4)]
+        claimed = {e.queue_id: e for e in self.settle(self.store.claim(4e9, 10, 60))}
+        self.assertEqual(self.open_files(), {f"active/{q}.msg" for q in ids})
+        self.settle(self.store.record(delivered(claimed[ids[0]])))
+        self.settle(self.store.reschedule(ids[1], 5e9, "451 4.4.1 later"))
+        self.settle(self.store.hold(ids[2], "by the operator"))
+        self.assertEqual(self.open_files(), {f"active/{ids[3]}.msg"})
+        gone = self.store.open_message(ids[0])
+        self.pool.run_all()
+        self.failureResultOf(gone, NoSuchEntry)
+        with self.settle(self.store.open_message(ids[2])) as held:
+            self.assertEqual(held.read(), MESSAGE)
+        self.settle(self.store.stop())
+        self.assertEqual(self.open_files(), set())
+
     def test_writes_stay_in_order(self) -> None:
         writer = self.store.open_writer()
         # Each part is more than the writer keeps, and goes to a thread.
