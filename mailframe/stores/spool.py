@@ -1092,7 +1092,7 @@ class SpoolQueueStore:
                     raise OSError(errno.EBADMSG, f"the message of {queue_id}: {e}") from e
                 size = raw.seek(0, os.SEEK_END)
                 raw.seek(0)
-            return cast(BinaryIO, io.BufferedReader(_MessageFile(raw, size)))
+            return _reader(raw, size)
         raise NoSuchEntry(queue_id)
 
     def _document(self, queue_id: str, path: str) -> bytes:
@@ -1176,7 +1176,7 @@ class SpoolQueueStore:
         except (CorruptEntryError, OSError):
             raw.close()
             return None
-        return cast(BinaryIO, io.BufferedReader(_MessageFile(raw, size)))
+        return _reader(raw, size)
 
     def _write_env(self, entry: QueueEntry, known: QueueEntry | None) -> None:
         queue_id = entry.queue_id
@@ -1783,6 +1783,11 @@ def _remove_tree(path: str) -> None:
         shutil.rmtree(path)
     else:
         _unlink(path)
+
+
+def _reader(raw: io.FileIO, size: int) -> BinaryIO:
+    """A buffered reader of the first *size* octets of *raw*: the message alone."""
+    return cast(BinaryIO, io.BufferedReader(_MessageFile(raw, size)))
 
 
 class _MessageFile(io.RawIOBase):
