@@ -16,9 +16,17 @@ import os
 import platform
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
-__all__ = ["MINIMUM_RELEASE", "load_syncfs"]
+from mailframe.components import SettingError
+
+__all__ = ["MINIMUM_RELEASE", "SYNC_FILE", "SYNC_FILESYSTEM", "check_sync", "load_syncfs"]
+
+#: Each file is ``fsync``\\ ed on its own: the default.
+SYNC_FILE = "file"
+#: Files written together share one ``syncfs`` of their file system.
+SYNC_FILESYSTEM = "filesystem"
 
 #: The earliest Linux whose ``syncfs`` reports write-back errors.
 MINIMUM_RELEASE = (5, 8)
@@ -59,3 +67,14 @@ def load_syncfs(
             raise OSError(code, f"syncfs: {os.strerror(code)}")
 
     return syncfs, ""
+
+
+def check_sync(settings: Mapping[str, Any]) -> None:
+    """
+    A plugin's ``validate``: refuse a ``sync`` setting of
+    :data:`SYNC_FILESYSTEM` where ``syncfs`` cannot be trusted.
+    """
+    if settings["sync"] == SYNC_FILESYSTEM:
+        syncfs, why = load_syncfs()
+        if syncfs is None:
+            raise SettingError("sync", f"{SYNC_FILESYSTEM!r} cannot be used here: {why}")

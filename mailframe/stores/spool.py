@@ -93,9 +93,9 @@ import struct
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from random import Random
-from typing import Any, BinaryIO, Generic, Protocol, TypeVar, cast
+from typing import Any, BinaryIO, Protocol, TypeVar, cast
 
 import attrs
 from twisted.internet import defer
@@ -106,7 +106,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailframe.address import NULL_PATH
-from mailframe.components import ComponentMaker, Setting, SettingError
+from mailframe.components import ComponentMaker, Setting
 from mailframe.envelope import (
     EntryState,
     Envelope,
@@ -115,6 +115,7 @@ from mailframe.envelope import (
     RecipientState,
 )
 from mailframe.interfaces import IQueueStore, IQueueWriter
+from mailframe.stores import _syncfs
 from mailframe.stores._errors import (
     EntryStateError,
     NoSuchEntry,
@@ -122,6 +123,7 @@ from mailframe.stores._errors import (
     check_recipients,
 )
 from mailframe.stores._files import write_all
+from mailframe.stores._group import Group
 from mailframe.stores._ids import RandomSource, id_source, new_queue_id, queue_id_time
 from mailframe.stores._index import QueueIndex
 from mailframe.stores._pressure import (
@@ -132,7 +134,7 @@ from mailframe.stores._pressure import (
     then,
 )
 from mailframe.stores._serialize import CorruptEntryError, entry_from_json, entry_to_json
-from mailframe.stores._syncfs import load_syncfs
+from mailframe.stores._syncfs import SYNC_FILE, SYNC_FILESYSTEM, check_sync
 from mailframe.stores._threads import (
     DEFAULT_THREADS,
     PoolRunner,
@@ -149,11 +151,6 @@ __all__ = [
     "SpoolQueueStore",
     "SpoolReactor",
 ]
-
-#: Each message's file is ``fsync``\\ ed on its own: the default.
-SYNC_FILE = "file"
-#: Messages committed together share one ``syncfs`` of the spool's file system.
-SYNC_FILESYSTEM = "filesystem"
 
 #: Free space kept on the spool's file system: below it, :meth:`has_room`
 #: says no, and the server answers ``452`` (insufficient system storage,
@@ -382,7 +379,7 @@ class SpoolQueueStore:
             raise ValueError(f"a worker slot is 1 to 32 letters, digits, - or _, not {slot!r}")
         self._syncfs: Callable[[int], None] | None = None
         if sync == SYNC_FILESYSTEM:
-            self._syncfs, why = load_syncfs()
+            self._syncfs, why = _syncfs.load_syncfs()
             if self._syncfs is None:
                 raise ValueError(f"sync = {sync!r} cannot be used here: {why}")
         elif sync != SYNC_FILE:
@@ -421,9 +418,9 @@ class SpoolQueueStore:
         # Per entry, the last of its file operations, so that they run in
         # the order they were asked for.
         self._tails: dict[str, Deferred[None]] = {}
-        self._syncers: dict[str, _Group[None]] = {}
-        self._commits: _Group[_Commit] = _Group(self._commit_together)
-        self._removals: _Group[str] = _Group(self._remove_together)
+        self._syncers: dict[str, Group[None]] = {}
+        self._commits: Group[_Commit] = Group(self._commit_together)
+        self._removals: Group[str] = Group(self._remove_together)
         # With SYNC_FILESYSTEM, the spool's directory, open since recovery
         # (the descriptor that syncfs reports write errors through); and
         # whether syncfs has failed, after which every file is fsynced.
@@ -795,7 +792,7 @@ class SpoolQueueStore:
             if queue_id not in self._index and queue_id not in self._writers:
                 return queue_id
 
-    def _syncer(self, directory: str) -> _Group[None]:
+    def _syncer(self, directory: str) -> Group[None]:
         """The group commit of ``fsync`` for *directory*."""
         syncer = self._syncers.get(directory)
         if syncer is None:
@@ -803,7 +800,7 @@ class SpoolQueueStore:
             def sync(_: list[None]) -> Deferred[None]:
                 return self._in_thread(self._fsync_dir, directory)
 
-            syncer = self._syncers[directory] = _Group(sync)
+            syncer = self._syncers[directory] = Group(sync)
         return syncer
 
     def _commit_together(self, commits: _Commits) -> Deferred[_Errors]:
@@ -1512,53 +1509,6 @@ class _SyncFailed(OSError):
     """``syncfs`` failed: no message of its group is known to be durable."""
 
 
-_I = TypeVar("_I")
-
-
-@attrs.define(eq=False)
-class _Group(Generic[_I]):
-    """
-    Group commit: one durable operation covers every request made before
-    it started.
-
-    A request :meth:`join`\\ s with its item and waits. If no operation is
-    running, one starts at once with that item; requests that arrive while
-    it runs wait for the next one, which starts when it ends and takes them
-    all. *run* makes one operation of a list of items, and fires with
-    ``None`` when all of them succeeded, or with each item's error or
-    ``None`` in order; a failure fails them all.
-    """
-
-    _run: Callable[[list[_I]], Deferred[Any]]
-    _waiting: list[tuple[_I, Deferred[None]]] = attrs.Factory(list)
-    _running: bool = False
-
-    def join(self, item: _I) -> Deferred[None]:
-        d: Deferred[None] = Deferred()
-        self._waiting.append((item, d))
-        if not self._running:
-            self._start()
-        return d
-
-    def _start(self) -> None:
-        batch, self._waiting = self._waiting, []
-        self._running = True
-
-        def finished(result: _Errors | Failure | None) -> None:
-            self._running = False
-            for index, (_, d) in enumerate(batch):
-                if isinstance(result, Failure):
-                    d.errback(result)
-                elif result is not None and result[index] is not None:
-                    d.errback(Failure(result[index]))
-                else:
-                    d.callback(None)
-            if self._waiting and not self._running:
-                self._start()
-
-        self._run([item for item, _ in batch]).addBoth(finished)
-
-
 @implementer(IQueueWriter)
 class _SpoolWriter(GatedWriter):
     """
@@ -1883,14 +1833,6 @@ def _read_trailer(path: str) -> bytes:
         return f.read(length)
 
 
-def _check_spool(settings: Mapping[str, Any]) -> None:
-    """Refuse ``sync = "filesystem"`` where ``syncfs`` cannot be trusted."""
-    if settings["sync"] == SYNC_FILESYSTEM:
-        syncfs, why = load_syncfs()
-        if syncfs is None:
-            raise SettingError("sync", f"{SYNC_FILESYSTEM!r} cannot be used here: {why}")
-
-
 def _build_spool(settings: Any, context: Any) -> SpoolQueueStore:
     return SpoolQueueStore(
         context.config.queue_dir, context.reactor, random=id_source(context.random),
@@ -1905,7 +1847,7 @@ spool_maker = ComponentMaker(
     name="spool",
     description="Durable queue in a local directory (queue_dir), one file per message",
     factory=_build_spool,
-    validate=_check_spool,
+    validate=check_sync,
     shared=True,
     schema={
         "min_free": Setting(

@@ -22,7 +22,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from mailframe.components import SettingError
 from mailframe.stores import SpoolQueueStore
-from mailframe.stores import spool as spool_module
+from mailframe.stores import _syncfs as syncfs_module
 from mailframe.stores._syncfs import load_syncfs
 from mailframe.stores.spool import SYNC_FILESYSTEM, WRITE_CHUNK, spool_maker
 from mailframe.tap import Options
@@ -66,7 +66,7 @@ class FilesystemSyncStepTests(_SpoolFiles, SynchronousTestCase):
         self.path = temp_dir(self)
         self.events: list[tuple[str, ...]] = []
         self.syncfs = FakeSyncfs(self.path, self.events)
-        self.patch(spool_module, "load_syncfs", lambda: (self.syncfs, ""))
+        self.patch(syncfs_module, "load_syncfs", lambda: (self.syncfs, ""))
         self.clock = SyncReactor()
         self.pool = ManualPool()
         self.store = SpoolQueueStore(self.path, self.clock, threadpool=self.pool, min_free=0,
@@ -277,7 +277,7 @@ def test_unknown_sync_is_refused(tmp_path: Any) -> None:
 
 def test_filesystem_sync_where_it_is_unsafe(monkeypatch: pytest.MonkeyPatch,
                                             tmp_path: Any) -> None:
-    monkeypatch.setattr(spool_module, "load_syncfs",
+    monkeypatch.setattr(syncfs_module, "load_syncfs",
                         lambda: (None, "Linux 5.4.0 does not report write errors"))
     with pytest.raises(ValueError, match=r"cannot be used here: Linux 5\.4\.0"):
         SpoolQueueStore(str(tmp_path), reactor, sync=SYNC_FILESYSTEM)
@@ -295,7 +295,7 @@ def test_filesystem_sync_refused_with_the_options(monkeypatch: pytest.MonkeyPatc
     the options are parsed, as a usage error naming the key and its line
     (which twistd prints without a traceback), not when the store is built.
     """
-    monkeypatch.setattr(spool_module, "load_syncfs",
+    monkeypatch.setattr(syncfs_module, "load_syncfs",
                         lambda: (None, "Linux 5.4.0 does not report write errors"))
     path = tmp_path / "mailframe.toml"
     path.write_text('[plugins.spool]\nsync = "filesystem"\n')
