@@ -192,7 +192,8 @@ def server_argv(scenario: Scenario, port: int, work: pathlib.Path,
     """
     The server's command. *tuned* adds the operator's two options for
     speed: the log through :func:`mailframe.logs.text_observer`, and, for
-    the spool, ``sync = "filesystem"`` (``benchmarks/syncfs.toml``).
+    the spool and the Maildir deliveries, ``sync = "filesystem"``
+    (``benchmarks/syncfs.toml``).
     """
     argv = [
         # The log goes to stdout, which is a file: twistd's own log file
@@ -438,7 +439,8 @@ def parser() -> argparse.ArgumentParser:
                    help="start no run after this long (default 15)")
     p.add_argument("--tuned", action="store_true",
                    help="run the server with twistd --logger mailframe.logs.text_observer"
-                        " and the spool's sync = \"filesystem\" (benchmarks/syncfs.toml)")
+                        " and sync = \"filesystem\" for the spool and the Maildir deliveries"
+                        " (benchmarks/syncfs.toml)")
     p.add_argument("--json", metavar="PATH", help="also write every run and the summary here")
     return p
 
@@ -483,7 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   file=sys.stderr, flush=True)
     load_end = os.getloadavg()
     rows = summarise(runs, scenarios)
-    tuned = (" tuned (--logger mailframe.logs.text_observer, spool sync = filesystem);"
+    tuned = (" tuned (--logger mailframe.logs.text_observer, spool and maildir sync = filesystem);"
              if args.tuned else "")
     print(f"mailframe under smtp-source (-d: connections reused);{tuned} {args.rounds} round(s);"
           f" load average {load_start[0]:.1f} at the start, {load_end[0]:.1f} at the end.\n")

@@ -163,7 +163,7 @@ def test_mta_bench_tiny_run(tmp_path: pathlib.Path, tuned: bool) -> None:
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert ("spool sync = filesystem" in result.stdout) is tuned, result.stdout
+    assert ("spool and maildir sync = filesystem" in result.stdout) is tuned, result.stdout
     found = {}
     for line in result.stdout.splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]

@@ -2,6 +2,12 @@
 Delivery into Maildir: a file is written and fsynced in ``tmp/``, then
 renamed into ``new/``, whose directory is fsynced before the delivery counts.
 
+With ``sync = "filesystem"``, the deliveries that wait while one group is
+written form the next group, in one trip to a thread: every file is
+written, one ``syncfs`` per file system makes them durable, each is
+renamed into ``new/``, and a second ``syncfs`` makes the renames (and any
+Maildir made for them) durable before any of them counts.
+
 Delivered messages get ``Return-Path:`` and ``Delivered-To:`` fields on top
 (RFC 5321 §4.4), and their line ends become LF, as Maildir readers expect.
 """
@@ -11,11 +17,14 @@ from __future__ import annotations
 import itertools
 import os
 import socket
-from collections.abc import Sequence
-from typing import IO, Any
+from collections.abc import Callable, Sequence
+from typing import IO, Any, cast
 
+import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailframe.address import Mailbox
@@ -24,13 +33,17 @@ from mailframe.envelope import DeliveryStatus, QueueEntry, RecipientResult, Rout
 from mailframe.interfaces import IDeliveryTransport, IQueueStore
 from mailframe.policies.users import local_mailbox_name
 from mailframe.reply import Reply
+from mailframe.stores import _syncfs
 from mailframe.stores._files import write_all
+from mailframe.stores._group import Group
+from mailframe.stores._syncfs import SYNC_FILE, SYNC_FILESYSTEM, check_sync
 from mailframe.stores._threads import PoolRunner, Runner, ThreadPoolLike, ThreadRunner
 
 __all__ = ["DEFAULT_THREADS", "MaildirTransport", "deliver_to_maildir"]
 
 _CHUNK = 256 * 1024
 _counter = itertools.count()
+_log = Logger(namespace="mailframe.transports.maildir")
 
 #: Threads of a transport unless told otherwise: the deliveries written at
 #: once. Each waits on its own ``fsync`` calls, and more threads let the
@@ -66,11 +79,25 @@ def _ensure_maildir(directory: str) -> None:
     Make the Maildir at *directory* if it is missing, durably: the parent
     of each directory made is ``fsync``\\ ed, or a crash could take away a
     new Maildir, and the mail delivered into it, after the delivery was
-    counted and the queue had let the message go.
+    counted and the queue had let the message go. A Maildir seen for the
+    first time is made durable even if it was there.
     """
     if directory in _known and os.path.isdir(os.path.join(directory, "new")):
         return
-    made: list[str] = []
+    made = _make_maildir(directory, _missing(directory))
+    # The Maildir and its parent too, though they were there already: the
+    # process that made them may have stopped before they were durable.
+    path = os.path.abspath(directory)
+    parents = {os.path.dirname(p) for p in made} | {path, os.path.dirname(path)}
+    # Children before parents: a parent's fsync then holds entries whose
+    # own directories are already durable.
+    for parent in sorted(parents, key=len, reverse=True):
+        _fsync_directory(parent)
+    _known.add(directory)
+
+
+def _missing(directory: str) -> list[str]:
+    """The directories of the path to *directory* that do not exist, deepest first."""
     missing: list[str] = []
     path = os.path.abspath(directory)
     while not os.path.isdir(path):
@@ -79,6 +106,17 @@ def _ensure_maildir(directory: str) -> None:
         if parent == path:
             break
         path = parent
+    return missing
+
+
+def _make_maildir(directory: str, missing: list[str]) -> list[str]:
+    """
+    Make the *missing* directories, then the Maildir's ``tmp``, ``new``
+    and ``cur``; not yet durably.
+
+    :return: the directories made.
+    """
+    made: list[str] = []
     for path in reversed(missing):
         try:
             os.mkdir(path, 0o700)
@@ -91,11 +129,7 @@ def _ensure_maildir(directory: str) -> None:
         except FileExistsError:
             continue
         made.append(os.path.join(directory, sub))
-    # Children before parents: a parent's fsync then holds entries whose
-    # own directories are already durable.
-    for path in sorted({os.path.dirname(p) for p in made}, key=len, reverse=True):
-        _fsync_directory(path)
-    _known.add(directory)
+    return made
 
 
 def deliver_to_maildir(directory: str, prefix: bytes, message: IO[bytes], now: float) -> str:
@@ -106,12 +140,28 @@ def deliver_to_maildir(directory: str, prefix: bytes, message: IO[bytes], now: f
     :return: the path of the delivered file in ``new/``.
     """
     _ensure_maildir(directory)
+    tmp_path, new_path = _paths(directory, now)
+    _write(tmp_path, prefix, message, os.fsync)
+    os.rename(tmp_path, new_path)
+    _fsync_directory(os.path.join(directory, "new"))
+    return new_path
+
+
+def _paths(directory: str, now: float) -> tuple[str, str]:
+    """A new file's unique path in ``tmp/``, and the one it gets in ``new/``."""
     seconds = int(now)
     unique = (f"{seconds}.M{int((now - seconds) * 1e6)}P{os.getpid()}"
               f"Q{next(_counter)}.{_host()}")
-    tmp_path = os.path.join(directory, "tmp", unique)
-    new_path = os.path.join(directory, "new", unique)
-    fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    return os.path.join(directory, "tmp", unique), os.path.join(directory, "new", unique)
+
+
+def _write(path: str, prefix: bytes, message: IO[bytes], sync: Callable[[int], None]) -> None:
+    """
+    Write *prefix* and *message*, its CRLF turned into LF, into a new file
+    at *path*, and call *sync* with its descriptor before closing it. On
+    failure the file is removed.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         write_all(fd, prefix)
         carry = b""
@@ -126,15 +176,34 @@ def deliver_to_maildir(directory: str, prefix: bytes, message: IO[bytes], now: f
             write_all(fd, chunk.replace(b"\r\n", b"\n"))
         if carry:
             write_all(fd, carry)
-        os.fsync(fd)
+        sync(fd)
     except BaseException:
         os.close(fd)
-        os.unlink(tmp_path)
+        os.unlink(path)
         raise
     os.close(fd)
-    os.rename(tmp_path, new_path)
-    _fsync_directory(os.path.join(directory, "new"))
-    return new_path
+
+
+def _no_sync(fd: int) -> None:
+    """A file of a group is made durable by the group's ``syncfs``."""
+
+
+@attrs.define(eq=False)
+class _Delivery:
+    """One delivery waiting for a group; then where its file went."""
+
+    directory: str
+    prefix: bytes
+    message: IO[bytes]
+    now: float
+    tmp_path: str = ""
+    new_path: str = ""
+    device: int = 0
+    made: bool = False
+
+
+class _SyncFailed(OSError):
+    """``syncfs`` failed: no delivery of its group is known to be durable."""
 
 
 @implementer(IDeliveryTransport)
@@ -154,17 +223,40 @@ class MaildirTransport:
     :param threads: how many threads of its own, when no *threadpool* is
         given: how many deliveries are written at once (see
         :data:`DEFAULT_THREADS`).
+    :param sync: how a delivery is made durable: ``"file"``, an ``fsync``
+        of its file and of its ``new/`` directory; or ``"filesystem"``, two
+        ``syncfs`` calls for each group of deliveries, written together in
+        one thread (see the module's documentation).
+    :raises ValueError: for a *sync* that is unknown or, for
+        ``"filesystem"``, that this system cannot do safely.
+
+    :ivar stats_syncfs: ``syncfs`` calls made.
     """
 
     def __init__(self, store: IQueueStore, reactor: Any,
                  threadpool: ThreadPoolLike | None = None,
-                 threads: int = DEFAULT_THREADS) -> None:
+                 threads: int = DEFAULT_THREADS, sync: str = SYNC_FILE) -> None:
+        self._syncfs: Callable[[int], None] | None = None
+        if sync == SYNC_FILESYSTEM:
+            self._syncfs, why = _syncfs.load_syncfs()
+            if self._syncfs is None:
+                raise ValueError(f"sync = {sync!r} cannot be used here: {why}")
+        elif sync != SYNC_FILE:
+            raise ValueError(f"sync is {SYNC_FILE!r} or {SYNC_FILESYSTEM!r}, not {sync!r}")
         self.store = store
         self.reactor = reactor
+        self.sync = sync
+        self.stats_syncfs = 0
         self._runner: Runner = (
             PoolRunner(reactor, threadpool) if threadpool is not None
             else ThreadRunner(reactor, threads, "mailframe-maildir")
         )
+        self._group: Group[_Delivery] = Group(self._deliver_group)
+        # Per file system, a directory on it, opened before the first file
+        # written there: the descriptor that syncfs reports write errors
+        # through. Only the group's thread uses them, one group at a time.
+        self._sync_fds: dict[int, int] = {}
+        self._sync_failed = False
 
     def stop(self) -> Deferred[None]:
         """
@@ -174,6 +266,9 @@ class MaildirTransport:
 
         def idle(_: None) -> None:
             self._runner.stop()
+            fds, self._sync_fds = self._sync_fds, {}
+            for fd in fds.values():
+                os.close(fd)
 
         return self._runner.when_idle().addCallback(idle)
 
@@ -203,8 +298,12 @@ class MaildirTransport:
         try:
             message = await self.store.open_message(entry.queue_id)
             try:
-                path = await self._runner.run(
-                    deliver_to_maildir, directory, prefix, message, clock.seconds())
+                if self._syncfs is not None and not self._sync_failed:
+                    path = await self._group.join(
+                        _Delivery(directory, prefix, message, clock.seconds()))
+                else:
+                    path = await self._runner.run(
+                        deliver_to_maildir, directory, prefix, message, clock.seconds())
             finally:
                 message.close()
         except OSError as error:
@@ -214,9 +313,123 @@ class MaildirTransport:
         return [RecipientResult(r, DeliveryStatus.DELIVERED, reply, original=o)
                 for r, o in recipients]
 
+    def _deliver_group(self, deliveries: list[_Delivery]) -> Deferred[Any]:
+        def failed(failure: Failure) -> Failure:
+            if not self._sync_failed and failure.check(_SyncFailed):
+                self._sync_failed = True
+                _log.failure(
+                    "syncfs of a Maildir's file system failed: the deliveries written"
+                    " with it will be tried again, and from now on each is fsynced on"
+                    " its own", failure,
+                )
+            return failure
+
+        return self._runner.run(self._write_together, deliveries).addErrback(failed)
+
+    # -- in the transport's threads ------------------------------------------------
+
+    def _write_together(self, deliveries: list[_Delivery]) -> list[object]:
+        """
+        Deliver a group: write every file into ``tmp/``, ``syncfs`` each
+        file system written to, rename each file into ``new/``, and
+        ``syncfs`` again.
+
+        :return: for each delivery in order, its path in ``new/`` or its
+            own error.
+        :raises _SyncFailed: if a ``syncfs`` failed, which fails them all;
+            their files are removed first.
+        """
+        if self._sync_failed:
+            # A group that waited while the last one failed.
+            return [_outcome(deliver_to_maildir, d.directory, d.prefix, d.message, d.now)
+                    for d in deliveries]
+        outcomes: list[object] = []
+        for delivery in deliveries:
+            outcomes.append(_outcome(self._write_one, delivery))
+        written = _succeeded(deliveries, outcomes)
+        try:
+            self._sync_all(written)
+            for index, delivery in enumerate(deliveries):
+                if outcomes[index] is None:
+                    outcomes[index] = _outcome(os.rename, delivery.tmp_path, delivery.new_path)
+                    if outcomes[index] is not None:
+                        _unlink(delivery.tmp_path)
+            renamed = _succeeded(deliveries, outcomes)
+            self._sync_all(renamed)
+        except _SyncFailed:
+            # Not known to be durable: tried again, they must not stay.
+            for delivery in written:
+                _unlink(delivery.tmp_path)
+                _unlink(delivery.new_path)
+            raise
+        for index, delivery in enumerate(deliveries):
+            if outcomes[index] is None:
+                if delivery.made:
+                    _known.add(delivery.directory)
+                outcomes[index] = delivery.new_path
+        return outcomes
+
+    def _write_one(self, delivery: _Delivery) -> None:
+        """Make the delivery's Maildir if need be, and write its file; not yet durable."""
+        directory = delivery.directory
+        device = None
+        if directory in _known:
+            try:
+                device = os.stat(os.path.join(directory, "new")).st_dev
+            except FileNotFoundError:
+                pass
+        if device is None:
+            missing = _missing(directory)
+            existing = os.path.dirname(missing[-1]) if missing else directory
+            device = os.stat(existing).st_dev
+            self._open_sync_fd(device, existing)
+            _make_maildir(directory, missing)
+            delivery.made = True
+        self._open_sync_fd(device, directory)
+        delivery.device = device
+        delivery.tmp_path, delivery.new_path = _paths(directory, delivery.now)
+        _write(delivery.tmp_path, delivery.prefix, delivery.message, _no_sync)
+
+    def _open_sync_fd(self, device: int, directory: str) -> None:
+        """Keep a descriptor of *directory* for *device*'s ``syncfs``, unless one is kept."""
+        if device not in self._sync_fds:
+            self._sync_fds[device] = os.open(
+                directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def _sync_all(self, deliveries: list[_Delivery]) -> None:
+        """``syncfs`` each file system that *deliveries* wrote to."""
+        for device in sorted({d.device for d in deliveries}):
+            try:
+                cast(Callable[[int], None], self._syncfs)(self._sync_fds[device])
+            except OSError as error:
+                raise _SyncFailed(error.errno, error.strerror) from error
+            self.stats_syncfs += 1
+
+
+def _outcome(f: Callable[..., object], *args: Any) -> object:
+    """``f(*args)``, or the error it raised: one delivery's, not its group's."""
+    try:
+        return f(*args)
+    except Exception as error:
+        return error
+
+
+def _succeeded(deliveries: list[_Delivery], outcomes: list[object]) -> list[_Delivery]:
+    """The deliveries whose step so far went well."""
+    return [d for d, outcome in zip(deliveries, outcomes, strict=True) if outcome is None]
+
+
+def _unlink(path: str) -> None:
+    if path:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
 
 def _build_maildir(settings: Any, context: Any) -> MaildirTransport:
-    return MaildirTransport(context.store, context.reactor, threads=settings["threads"])
+    return MaildirTransport(context.store, context.reactor, threads=settings["threads"],
+                            sync=settings["sync"])
 
 
 #: The ``maildir`` transport plugin.
@@ -225,12 +438,21 @@ maildir_maker = ComponentMaker(
     name="maildir",
     description="Delivers into the Maildir named by the route, with fsync",
     factory=_build_maildir,
+    validate=check_sync,
     schema={
         "threads": Setting(
             "integer", DEFAULT_THREADS,
             "Deliveries written at once, each in a thread of its own. More let more"
             " wait on the disk together; fewer cost less CPU while mail comes in.",
             minimum=1,
+        ),
+        "sync": Setting(
+            "string", SYNC_FILE,
+            "How a delivery is made durable: \"file\", an fsync of its file and of"
+            " its new/ directory; or \"filesystem\", two syncfs calls for each group"
+            " of deliveries written together, for Maildirs on a file system that"
+            " little else writes to (Linux 5.8 or later).",
+            choices=(SYNC_FILE, SYNC_FILESYSTEM),
         ),
     },
 )

@@ -4,7 +4,9 @@ concurrent sessions, 200 messages of 1 KiB, every one delivered.
 
 With ``-N``, smtp-source puts a sequence number in front of each recipient
 (``1rcpt@example.com``, ``2rcpt@example.com``, ...), so each message lands in
-a Maildir of its own.
+a Maildir of its own. It runs with the default ``fsync`` of each file, and
+again with the spool and the ``maildir`` transport both on ``sync =
+"filesystem"``, where messages and deliveries are made durable in groups.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ import pathlib
 import re
 import subprocess
 import time
+from collections.abc import Iterator
 
 import pytest
 
-from tests.interop.conftest import Server, maildir_messages, require, wait_until
+from tests.interop.conftest import Server, maildir_messages, require, start_server, wait_until
 
 pytestmark = pytest.mark.interop
 
@@ -34,6 +37,27 @@ def spooled(spool: pathlib.Path) -> list[str]:
     """Every file left in the spool's entry directories, as ``directory/name``."""
     return [f"{d}/{name}" for d in SPOOL_ENTRY_DIRS if (spool / d).is_dir()
             for name in sorted(os.listdir(spool / d))]
+
+
+SHARED_SYNC = """\
+[plugins.spool]
+sync = "filesystem"
+
+[plugins.maildir]
+sync = "filesystem"
+"""
+
+
+@pytest.fixture(params=["file", "filesystem"])
+def server(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Iterator[Server]:
+    extra: list[str] = []
+    if request.param == "filesystem":
+        config = tmp_path / "mailframe.toml"
+        config.write_text(SHARED_SYNC)
+        extra = ["--config", str(config)]
+    running = start_server(tmp_path, extra)
+    yield running
+    running.stop()
 
 
 def test_smtp_source(server: Server) -> None:

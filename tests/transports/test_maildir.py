@@ -11,13 +11,14 @@ from collections.abc import Callable
 
 from twisted.internet import reactor
 from twisted.internet.task import Clock
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 
 from mailframe.address import AddressError, Mailbox
 from mailframe.config import ComponentContext, ConfigError, parse_config
 from mailframe.envelope import DeliveryStatus, Route
 from mailframe.registry import Components, discover
 from mailframe.routing import LocalRouter
+from mailframe.stores._syncfs import load_syncfs
 from mailframe.stores._threads import ThreadRunner
 from mailframe.testing import MemoryQueueStore, RouterContract, TransportContract, envelope
 from mailframe.transports.maildir import DEFAULT_THREADS, MaildirTransport, deliver_to_maildir
@@ -99,6 +100,23 @@ class MaildirTests(TransportContract, TestCase):
         self.assertEqual(os.path.dirname(fsynced[0]), os.path.join(alice, "tmp"))
         self.assertEqual(fsynced[1], os.path.join(alice, "new"))
 
+    async def test_a_maildir_seen_first_is_made_durable(self) -> None:
+        """
+        A Maildir that was there already, but that this process has not
+        delivered into, is fsynced with its parent: whoever made it may have
+        stopped before it was durable.
+        """
+        alice = os.path.join(self.root, "alice")
+        for sub in ("tmp", "new", "cur"):
+            os.makedirs(os.path.join(alice, sub))
+        fsynced = self.record_fsyncs(lambda fd: os.readlink(f"/proc/self/fd/{fd}"))
+        entry, recipients, route = self.sample_delivery()
+        results = await self.make_transport().deliver(entry, recipients, route)
+        self.assertEqual(results[0].status, DeliveryStatus.DELIVERED)
+        (name,) = os.listdir(os.path.join(alice, "new"))
+        self.assertEqual(fsynced, [alice, self.root, os.path.join(alice, "tmp", name),
+                                   os.path.join(alice, "new")])
+
     async def test_refuses_unsafe_directories(self) -> None:
         entry, recipients, _ = self.sample_delivery()
         for bad in ("..", ".hidden", "a/b/../.."):
@@ -156,6 +174,19 @@ class MaildirPluginTests(TestCase):
             self.build('transports = ["maildir"]\n\n[plugins.maildir]\nthreads = 0\n')
         self.assertEqual((caught.exception.key, caught.exception.line),
                          ("plugins.maildir.threads", 4))
+
+    def test_sync_setting(self) -> None:
+        self.assertEqual(self.build('transports = ["maildir"]\n').sync, "file")
+        if load_syncfs()[0] is None:
+            raise SkipTest(load_syncfs()[1])
+        transport = self.build('transports = ["maildir"]\n[plugins.maildir]\nsync = "filesystem"\n')
+        self.assertEqual(transport.sync, "filesystem")
+
+    def test_bad_sync_setting_names_its_line(self) -> None:
+        with self.assertRaises(ConfigError) as caught:
+            self.build('transports = ["maildir"]\n[plugins.maildir]\nsync = "never"\n')
+        self.assertEqual((caught.exception.key, caught.exception.line),
+                         ("plugins.maildir.sync", 3))
 
 
 class ShortWriteTests(TestCase):
