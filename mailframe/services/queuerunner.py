@@ -505,7 +505,9 @@ class QueueRunner(Service):
         envelope = entry.envelope
         attempts = entry.attempts + 1
         expires = envelope.received_at + self.max_lifetime
-        next_attempt = self.schedule.next_attempt(now, attempts, self.random, expires)
+        # Drawn only for a recipient that waits: the random source may be
+        # the system's, which costs a system call.
+        next_attempt: float | None = None
         recipients = []
         for queued in entry.recipients:
             result = outcomes.get(queued.mailbox)
@@ -525,6 +527,9 @@ class QueueRunner(Service):
                 change = {"state": RecipientState.EXPIRED,
                           "report": self._owed(envelope, queued.mailbox, "failed")}
             else:
+                if next_attempt is None:
+                    next_attempt = self.schedule.next_attempt(
+                        now, attempts, self.random, expires)
                 change = {"next_attempt": next_attempt}
             recipients.append(attrs.evolve(queued, attempts=queued.attempts + 1,
                                            reply=result.reply, remote=result.remote, **change))

@@ -164,9 +164,10 @@ class RunnerTestCase(SynchronousTestCase):
 
     def runner(self, **kwargs: Any) -> QueueRunner:
         kwargs.setdefault("poll_interval", 1)
+        kwargs.setdefault("random", random.Random(1))
         runner = QueueRunner(self.store, self.router,
                              {"local": self.transport, "mailbag": self.mailbag}, self.clock,
-                             random=random.Random(1), hostname="mx.example.net", **kwargs)
+                             hostname="mx.example.net", **kwargs)
         runner.log = Logger(observer=self.events.append)
         runner.startService()
         self.addCleanup(runner.stopService)
@@ -215,6 +216,29 @@ class DeliveryTests(RunnerTestCase):
         self.assertEqual(route.arguments, {"where": "here"})
         self.assertIsNone(self.entry(queue_id))
         self.assertEqual(self.dsns(), [])
+
+    def test_a_delivered_message_draws_no_retry_time(self) -> None:
+        """
+        The random source, which may be the system's (a system call each
+        time), is asked only for the retry time of a recipient that waits.
+        """
+        drawn: list[float] = []
+
+        class Counting(random.Random):
+            def random(self) -> float:
+                drawn.append(value := super().random())
+                return value
+
+        queue_id = self.enqueue("sender@example.org", "a@example.com", "b@example.com")
+        self.runner(random=Counting(1))
+        self.clock.advance(0)
+        self.assertIsNone(self.entry(queue_id))
+        self.assertEqual(drawn, [])
+        waiting = self.enqueue("sender@example.org", "a@elsewhere.net", "b@elsewhere.net")
+        self.clock.advance(1)
+        self.assertEqual(self.queued(waiting).state, EntryState.DEFERRED)
+        # One retry time for the attempt, shared by its recipients.
+        self.assertEqual(len(drawn), 1)
 
     def test_missing_transport_defers_with_reason(self) -> None:
         queue_id = self.enqueue("sender@example.org", "a@elsewhere.net")
