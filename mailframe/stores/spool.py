@@ -411,6 +411,10 @@ class SpoolQueueStore:
         # neither a claim nor a record reads a file.
         self._cache: dict[str, QueueEntry] = {}
         self._claimed: dict[str, QueueEntry] = {}
+        # Claimed entries known to have no .env or .why: committed here,
+        # and claimed from the cache, with nothing recorded since. Their
+        # removal unlinks the .msg alone.
+        self._bare: set[str] = set()
         # The message files of claimed entries, opened by the claim's own
         # trip to a thread, for the first open_message() of each.
         self._opened: _Opened = {}
@@ -420,7 +424,7 @@ class SpoolQueueStore:
         self._tails: dict[str, Deferred[None]] = {}
         self._syncers: dict[str, Group[None]] = {}
         self._commits: Group[_Commit] = Group(self._commit_together)
-        self._removals: Group[str] = Group(self._remove_together)
+        self._removals: Group[tuple[str, bool]] = Group(self._remove_together)
         # With SYNC_FILESYSTEM, the spool's directory, open since recovery
         # (the descriptor that syncfs reports write errors through); and
         # whether syncfs has failed, after which every file is fsynced.
@@ -578,6 +582,8 @@ class SpoolQueueStore:
                           queue_id=queue_id, reason=reason)
             for entry in entries:
                 self._claimed[entry.queue_id] = entry
+                if cached[entry.queue_id] is not None:
+                    self._bare.add(entry.queue_id)
             if lost:
                 self._rescan()
             return entries
@@ -620,14 +626,16 @@ class SpoolQueueStore:
         # attempt never took is not wanted.
         self._close_opened(queue_id)
         if entry.done:
+            bare = queue_id in self._bare
             self._forget(queue_id)
 
             def removed(_: None) -> None:
                 self._note(queue_id)
                 self._index_remove(queue_id)
 
-            d = self._serially(queue_id, lambda: self._removals.join(queue_id))
+            d = self._serially(queue_id, lambda: self._removals.join((queue_id, bare)))
             return d.addCallbacks(removed, gone)
+        self._bare.discard(queue_id)
         env = self._layout.env
 
         def write() -> Deferred[None]:
@@ -655,6 +663,7 @@ class SpoolQueueStore:
         except NoSuchEntry:
             return defer.fail()
         self._claimed.pop(queue_id, None)
+        self._bare.discard(queue_id)
         self._close_opened(queue_id)
         if state is not EntryState.ACTIVE:
             return defer.succeed(None)
@@ -816,13 +825,13 @@ class SpoolQueueStore:
 
         return self._in_thread(self._write_together, commits).addErrback(failed)
 
-    def _remove_together(self, queue_ids: Sequence[str]) -> Deferred[_Errors]:
+    def _remove_together(self, removals: Sequence[tuple[str, bool]]) -> Deferred[_Errors]:
         """
         Remove finished entries in one trip to a thread: a queue runner
         finishes many at once, and each trip costs more than the ``unlink``
         calls it makes.
         """
-        return self._in_thread(self._remove_all, queue_ids)
+        return self._in_thread(self._remove_all, removals)
 
     def _in_thread(self, f: Callable[..., _R], *args: Any) -> Deferred[_R]:
         """Run *f* in a thread; :meth:`wait_idle` waits for it."""
@@ -849,6 +858,7 @@ class SpoolQueueStore:
         now, and tell another process's server if this is not one.
         """
         self._close_opened(queue_id)
+        self._bare.discard(queue_id)
 
         def run() -> Deferred[EntryState | None]:
             return self._in_thread(op, queue_id, *args)
@@ -879,6 +889,7 @@ class SpoolQueueStore:
     def _forget(self, queue_id: str) -> None:
         self._cache.pop(queue_id, None)
         self._claimed.pop(queue_id, None)
+        self._bare.discard(queue_id)
         self._close_opened(queue_id)
 
     def _close_opened(self, queue_id: str) -> None:
@@ -1190,10 +1201,13 @@ class SpoolQueueStore:
         self._write_durably(temporary, document)
         os.rename(temporary, self._layout.envelope(queue_id))
 
-    def _remove(self, queue_id: str) -> None:
+    def _remove(self, queue_id: str, bare: bool = False) -> None:
         """
         Remove a finished entry's files: the ``.msg`` first, since once it
-        is gone the entry is, and recovery removes a ``.env`` left behind.
+        is gone the entry is, and recovery removes a ``.env`` left behind;
+        then its ``.env`` and ``.why``, unless it is *bare* (known to have
+        neither; one that an operator's command left after all is removed
+        by the next recovery).
         The directory is not ``fsync``\\ ed: if a crash undoes the removal,
         the entry comes back and is delivered again, which at-least-once
         delivery allows (RFC 5321 §6.1), and which Postfix risks the same
@@ -1204,15 +1218,16 @@ class SpoolQueueStore:
         except FileNotFoundError:
             self._delete(queue_id)
             return
-        _unlink(self._layout.envelope(queue_id))
-        _unlink(self._layout.why(queue_id))
+        if not bare:
+            _unlink(self._layout.envelope(queue_id))
+            _unlink(self._layout.why(queue_id))
 
-    def _remove_all(self, queue_ids: Sequence[str]) -> _Errors:
+    def _remove_all(self, removals: Sequence[tuple[str, bool]]) -> _Errors:
         """:meth:`_remove` each entry; the error of each, or ``None``, in order."""
         errors: _Errors = []
-        for queue_id in queue_ids:
+        for queue_id, bare in removals:
             try:
-                self._remove(queue_id)
+                self._remove(queue_id, bare)
             except Exception as error:  # one entry's error is that entry's alone
                 errors.append(error)
             else:
@@ -1741,13 +1756,20 @@ def _reader(raw: io.FileIO, size: int) -> BinaryIO:
 
 
 class _MessageFile(io.RawIOBase):
-    """The first *size* octets of a ``.msg`` file: the message, not its trailer."""
+    """
+    The first *size* octets of a ``.msg`` file: the message, not its
+    trailer. A seek only notes the position, and the read that follows
+    goes there: finding the size, or going back to the start of a file
+    not yet read, costs no system call.
+    """
 
     def __init__(self, raw: io.FileIO, size: int) -> None:
         super().__init__()
         self._raw = raw
         self._size = size
-        self._left = size
+        self._position = 0
+        # Where the file's own offset is; *raw* comes opened at its start.
+        self._offset = 0
 
     def readable(self) -> bool:
         return True
@@ -1756,21 +1778,23 @@ class _MessageFile(io.RawIOBase):
         return True
 
     def tell(self) -> int:
-        return self._size - self._left
+        return self._position
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.tell(), os.SEEK_END: self._size}[whence]
-        position = min(max(base + offset, 0), self._size)
-        self._raw.seek(position)
-        self._left = self._size - position
-        return position
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._position, os.SEEK_END: self._size}[whence]
+        self._position = min(max(base + offset, 0), self._size)
+        return self._position
 
     def readinto(self, buffer: Any) -> int:
-        if self._left <= 0:
+        left = self._size - self._position
+        if left <= 0:
             return 0
-        view = memoryview(buffer).cast("B")[: self._left]
+        if self._offset != self._position:
+            self._offset = self._raw.seek(self._position)
+        view = memoryview(buffer).cast("B")[:left]
         count = self._raw.readinto(view) or 0
-        self._left -= count
+        self._position += count
+        self._offset += count
         return count
 
     def close(self) -> None:
@@ -1780,17 +1804,18 @@ class _MessageFile(io.RawIOBase):
 
 def _message_size(raw: io.FileIO) -> int:
     """
-    The length of the message in a committed ``.msg``: what comes before
-    its trailer.
+    The length of the message in a committed ``.msg``, just opened: what
+    comes before its trailer. The file's offset stays at its start.
 
     :raises CorruptEntryError: when the file has no valid trailer.
     """
-    end = raw.seek(0, os.SEEK_END)
+    end = os.fstat(raw.fileno()).st_size
     if end < _TRAILER.size:
         raise CorruptEntryError("the message file has no envelope trailer")
-    raw.seek(end - _TRAILER.size)
-    length, magic = _TRAILER.unpack(raw.read(_TRAILER.size))
-    raw.seek(0)
+    trailer = os.pread(raw.fileno(), _TRAILER.size, end - _TRAILER.size)
+    if len(trailer) != _TRAILER.size:
+        raise CorruptEntryError("the message file is shorter than it was")
+    length, magic = _TRAILER.unpack(trailer)
     if magic != _MAGIC or length > end - _TRAILER.size:
         raise CorruptEntryError("the message file has no envelope trailer")
     return int(end - _TRAILER.size - length)

@@ -1318,6 +1318,54 @@ class SpoolStepTests(_SpoolFiles, SynchronousTestCase):
         self.assertEqual(self.where(), {})
         self.assertEqual(self.settle(self.store.stats())[EntryState.ACTIVE], 0)
 
+    def record_unlinks(self) -> list[str]:
+        """The paths, within the spool, of every unlink from now on."""
+        unlinked: list[str] = []
+        real_unlink = os.unlink
+
+        def unlink(path: str) -> None:
+            unlinked.append(os.path.relpath(path, self.path))
+            real_unlink(path)
+
+        self.patch(os, "unlink", unlink)
+        return unlinked
+
+    def test_an_entry_committed_here_is_removed_with_one_unlink(self) -> None:
+        """
+        It has no .env or .why to look for: its delivery recorded nothing
+        before it was done.
+        """
+        queue_id = self.commit()
+        [entry] = self.settle(self.store.claim(4e9, 10, 60))
+        unlinked = self.record_unlinks()
+        self.settle(self.store.record(delivered(entry)))
+        self.assertEqual(unlinked, [f"active/{queue_id}.msg"])
+        self.assertEqual(self.where(), {})
+
+    def test_an_entry_whose_state_was_recorded_has_it_removed(self) -> None:
+        queue_id = self.commit()
+        [entry] = self.settle(self.store.claim(4e9, 10, 60))
+        alice = entry.recipients[0].mailbox
+        entry = attempted(entry, (alice, DELIVERED))
+        self.settle(self.store.record(entry))
+        self.assertTrue(os.path.exists(self.file("env", queue_id, ".env")))
+        unlinked = self.record_unlinks()
+        self.settle(self.store.record(delivered(entry)))
+        self.assertEqual(unlinked, [f"active/{queue_id}.msg", f"env/{queue_id}.env",
+                                    f"env/{queue_id}.why"])
+        self.assertEqual(listing(self.dir("env")), [])
+
+    def test_an_entry_claimed_from_its_files_has_them_all_removed(self) -> None:
+        """Deferred, then claimed again: its .why is looked for and removed."""
+        queue_id = self.commit()
+        [entry] = self.settle(self.store.claim(4e9, 10, 60))
+        self.settle(self.store.reschedule(queue_id, 0, "try later"))
+        self.assertTrue(os.path.exists(self.file("env", queue_id, ".why")))
+        [entry] = self.settle(self.store.claim(4e9, 10, 60))
+        self.settle(self.store.record(delivered(entry)))
+        self.assertEqual(listing(self.dir("env")), [])
+        self.assertEqual(self.where(), {})
+
     def test_an_entry_gone_from_a_group_fails_alone(self) -> None:
         ids = [self.commit() for _ in range(3)]
         claimed = {e.queue_id: e for e in self.settle(self.store.claim(4e9, 10, 60))}
@@ -1697,5 +1745,33 @@ class MessageFileTests(SynchronousTestCase):
             self.assertEqual(message.read(3), b"byt")
             message.seek(0)
             self.assertEqual(message.read(), b"message bytes")
+        finally:
+            message.close()
+
+    def test_a_seek_costs_a_system_call_only_when_a_read_needs_it(self) -> None:
+        """
+        Finding the message's size, then reading it from the start, as a
+        relayed delivery does, moves the file's offset not once.
+        """
+        path = os.path.join(temp_dir(self) + "-m", "x.msg")
+        os.makedirs(os.path.dirname(path))
+        with open(path, "wb") as f:
+            f.write(b"message bytes" + b"TRAILER")
+        moves: list[int] = []
+
+        class Raw(io.FileIO):
+            def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+                moves.append(offset)
+                return super().seek(offset, whence)
+
+        message = io.BufferedReader(_MessageFile(Raw(path, "rb"), 13))
+        try:
+            self.assertEqual(message.seek(0, os.SEEK_END), 13)
+            self.assertEqual(message.seek(0), 0)
+            self.assertEqual(message.read(), b"message bytes")
+            self.assertEqual(moves, [])
+            message.seek(8)
+            self.assertEqual(message.read(), b"bytes")
+            self.assertEqual(moves, [8])
         finally:
             message.close()
