@@ -21,7 +21,9 @@ from typing import Any
 
 from mailframe.components import SettingError
 
-__all__ = ["MINIMUM_RELEASE", "SYNC_FILE", "SYNC_FILESYSTEM", "check_sync", "load_syncfs"]
+__all__ = [
+    "MINIMUM_RELEASE", "SYNC_FILE", "SYNC_FILESYSTEM", "check_sync", "choose_syncfs", "load_syncfs",
+]
 
 #: Each file is ``fsync``\\ ed on its own: the default.
 SYNC_FILE = "file"
@@ -67,6 +69,24 @@ def load_syncfs(
             raise OSError(code, f"syncfs: {os.strerror(code)}")
 
     return syncfs, ""
+
+
+def choose_syncfs(sync: str) -> Callable[[int], None] | None:
+    """
+    The ``syncfs`` that a *sync* setting asks for: ``None`` for
+    :data:`SYNC_FILE`.
+
+    :raises ValueError: for a *sync* that is unknown or, for
+        :data:`SYNC_FILESYSTEM`, that this system cannot do safely.
+    """
+    if sync == SYNC_FILE:
+        return None
+    if sync != SYNC_FILESYSTEM:
+        raise ValueError(f"sync is {SYNC_FILE!r} or {SYNC_FILESYSTEM!r}, not {sync!r}")
+    syncfs, why = load_syncfs()
+    if syncfs is None:
+        raise ValueError(f"sync = {sync!r} cannot be used here: {why}")
+    return syncfs
 
 
 def check_sync(settings: Mapping[str, Any]) -> None:

@@ -115,7 +115,6 @@ from mailframe.envelope import (
     RecipientState,
 )
 from mailframe.interfaces import IQueueStore, IQueueWriter
-from mailframe.stores import _syncfs
 from mailframe.stores._errors import (
     EntryStateError,
     NoSuchEntry,
@@ -134,7 +133,7 @@ from mailframe.stores._pressure import (
     then,
 )
 from mailframe.stores._serialize import CorruptEntryError, entry_from_json, entry_to_json
-from mailframe.stores._syncfs import SYNC_FILE, SYNC_FILESYSTEM, check_sync
+from mailframe.stores._syncfs import SYNC_FILE, SYNC_FILESYSTEM, check_sync, choose_syncfs
 from mailframe.stores._threads import (
     DEFAULT_THREADS,
     PoolRunner,
@@ -377,13 +376,7 @@ class SpoolQueueStore:
     ) -> None:
         if slot is not None and not _SLOT.match(slot):
             raise ValueError(f"a worker slot is 1 to 32 letters, digits, - or _, not {slot!r}")
-        self._syncfs: Callable[[int], None] | None = None
-        if sync == SYNC_FILESYSTEM:
-            self._syncfs, why = _syncfs.load_syncfs()
-            if self._syncfs is None:
-                raise ValueError(f"sync = {sync!r} cannot be used here: {why}")
-        elif sync != SYNC_FILE:
-            raise ValueError(f"sync is {SYNC_FILE!r} or {SYNC_FILESYSTEM!r}, not {sync!r}")
+        self._syncfs = choose_syncfs(sync)
         self.sync = sync
         self.path = os.fspath(path)
         self.slot = slot

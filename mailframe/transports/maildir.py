@@ -33,10 +33,9 @@ from mailframe.envelope import DeliveryStatus, QueueEntry, RecipientResult, Rout
 from mailframe.interfaces import IDeliveryTransport, IQueueStore
 from mailframe.policies.users import local_mailbox_name
 from mailframe.reply import Reply
-from mailframe.stores import _syncfs
 from mailframe.stores._files import write_all
 from mailframe.stores._group import Group
-from mailframe.stores._syncfs import SYNC_FILE, SYNC_FILESYSTEM, check_sync
+from mailframe.stores._syncfs import SYNC_FILE, SYNC_FILESYSTEM, check_sync, choose_syncfs
 from mailframe.stores._threads import PoolRunner, Runner, ThreadPoolLike, ThreadRunner
 
 __all__ = ["DEFAULT_THREADS", "MaildirTransport", "deliver_to_maildir"]
@@ -236,13 +235,7 @@ class MaildirTransport:
     def __init__(self, store: IQueueStore, reactor: Any,
                  threadpool: ThreadPoolLike | None = None,
                  threads: int = DEFAULT_THREADS, sync: str = SYNC_FILE) -> None:
-        self._syncfs: Callable[[int], None] | None = None
-        if sync == SYNC_FILESYSTEM:
-            self._syncfs, why = _syncfs.load_syncfs()
-            if self._syncfs is None:
-                raise ValueError(f"sync = {sync!r} cannot be used here: {why}")
-        elif sync != SYNC_FILE:
-            raise ValueError(f"sync is {SYNC_FILE!r} or {SYNC_FILESYSTEM!r}, not {sync!r}")
+        self._syncfs = choose_syncfs(sync)
         self.store = store
         self.reactor = reactor
         self.sync = sync

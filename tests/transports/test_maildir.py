@@ -24,7 +24,9 @@ from mailframe.testing import MemoryQueueStore, RouterContract, TransportContrac
 from mailframe.transports.maildir import DEFAULT_THREADS, MaildirTransport, deliver_to_maildir
 
 
-class MaildirTests(TransportContract, TestCase):
+class MaildirFixture(TransportContract):
+    """A queued message for alice, and the contract, for any way of syncing."""
+
     def setUp(self) -> None:
         work = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, work)
@@ -46,6 +48,13 @@ class MaildirTests(TransportContract, TestCase):
     def wait(self, d: object) -> object:
         return d
 
+    async def test_one_result_per_recipient(self) -> None:  # type: ignore[override]
+        entry, recipients, route = self.sample_delivery()
+        results = await self.make_transport().deliver(entry, recipients, route)
+        self.assertEqual([r.recipient for r in results], [r for r, _ in recipients])
+
+
+class MaildirTests(MaildirFixture, TestCase):
     def record_fsyncs(self, what: Callable[[int], str]) -> list[str]:
         """Record *what* of each descriptor that is fsynced from now on."""
         recorded: list[str] = []
@@ -57,11 +66,6 @@ class MaildirTests(TransportContract, TestCase):
 
         self.patch(os, "fsync", fsync)
         return recorded
-
-    async def test_one_result_per_recipient(self) -> None:  # type: ignore[override]
-        entry, recipients, route = self.sample_delivery()
-        results = await self.make_transport().deliver(entry, recipients, route)
-        self.assertEqual([r.recipient for r in results], [r for r, _ in recipients])
 
     async def test_delivers_into_new_with_trace_fields(self) -> None:
         entry, recipients, route = self.sample_delivery()

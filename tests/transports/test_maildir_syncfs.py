@@ -25,10 +25,11 @@ from mailframe.components import SettingError
 from mailframe.envelope import DeliveryStatus, RecipientResult, Route
 from mailframe.stores import _syncfs as syncfs_module
 from mailframe.stores._syncfs import SYNC_FILESYSTEM, load_syncfs
-from mailframe.testing import MemoryQueueStore, TransportContract, envelope
+from mailframe.testing import MemoryQueueStore, envelope
 from mailframe.transports import maildir as maildir_module
 from mailframe.transports.maildir import MaildirTransport, maildir_maker
 from tests.stores.test_spool import ManualPool, SyncReactor, capture_log
+from tests.transports.test_maildir import MaildirFixture
 
 MESSAGE = b"Subject: hi\r\n\r\nline one\r\n"
 DELIVERED = (b"Return-Path: <s@example.org>\nDelivered-To: alice@example.com\n"
@@ -228,38 +229,18 @@ class FilesystemSyncStepTests(SynchronousTestCase):
         self.check_fsynced_on_its_own()
 
 
-class FilesystemSyncContractTests(TransportContract, TestCase):
+class FilesystemSyncContractTests(MaildirFixture, TestCase):
     """The contract, with the real syncfs and the transport's own threads."""
 
     def setUp(self) -> None:
         if load_syncfs()[0] is None:
             raise SkipTest(load_syncfs()[1])
-        work = tempfile.mkdtemp()
-        self.addCleanup(shutil.rmtree, work)
-        self.root = os.path.join(work, "mail")
-        self.store = MemoryQueueStore(Clock())
-        writer = self.store.open_writer()
-        writer.write(MESSAGE)
-        queue_id = writer.commit(envelope("s@example.org", "alice@example.com")).result
-        self.entry = self.successResultOf(self.store.get(queue_id))
+        super().setUp()
 
     def make_transport(self) -> MaildirTransport:
         transport = MaildirTransport(self.store, reactor, sync=SYNC_FILESYSTEM)
         self.addCleanup(transport.stop)
         return transport
-
-    def sample_delivery(self) -> tuple[object, list[object], Route]:
-        recipient = self.entry.envelope.recipients[0]
-        route = Route("maildir", {"directory": os.path.join(self.root, "alice")})
-        return self.entry, [(recipient, recipient)], route
-
-    def wait(self, d: object) -> object:
-        return d
-
-    async def test_one_result_per_recipient(self) -> None:  # type: ignore[override]
-        entry, recipients, route = self.sample_delivery()
-        results = await self.make_transport().deliver(entry, recipients, route)
-        self.assertEqual([r.recipient for r in results], [r for r, _ in recipients])
 
     async def test_delivers_with_the_real_syncfs(self) -> None:
         transport = self.make_transport()
@@ -269,7 +250,7 @@ class FilesystemSyncContractTests(TransportContract, TestCase):
         self.assertEqual(len(os.listdir(new)), 5)
         for name in os.listdir(new):
             with open(os.path.join(new, name), "rb") as f:
-                self.assertEqual(f.read(), DELIVERED)
+                self.assertEqual(f.read(), DELIVERED + b".line two\n")
         self.assertGreaterEqual(transport.stats_syncfs, 2)
         await transport.stop()
         self.assertEqual(transport._sync_fds, {})
