@@ -19,6 +19,14 @@ before the socket write of that reply began,
 
 and every ``fsync`` and ``syncfs`` ran on a thread other than the reactor's.
 
+Each message is then delivered into a Maildir, and the same trace shows
+that the delivered file was durable, and its name in ``new/`` too, before
+the queue let the message go (the ``unlink`` of its ``active/`` file): an
+``fsync`` of the file before its rename from ``tmp/`` into ``new/``, then
+one of ``new/`` after it; or, with the ``maildir`` transport's ``sync =
+"filesystem"``, a ``syncfs`` between the last write and the rename, and
+another between the rename and the ``unlink``.
+
 How the trace is read: with ``-f``, strace writes one line per system call
 when nothing else happens in between, and otherwise splits it into
 ``name(args <unfinished ...>`` (at entry) and ``<... name resumed>...``
@@ -42,13 +50,20 @@ import time
 import attrs
 import pytest
 
-from tests.interop.conftest import Server, assert_orderly_exit, require, start_server
+from tests.interop.conftest import (
+    Server,
+    assert_orderly_exit,
+    require,
+    start_server,
+    wait_until,
+)
 
 pytestmark = pytest.mark.interop
 
 MESSAGES = 20
 CONNECTIONS = 5
-TRACED = "fsync,fdatasync,syncfs,rename,renameat,renameat2,write,sendto,sendmsg,writev,execve"
+TRACED = ("fsync,fdatasync,syncfs,rename,renameat,renameat2,write,sendto,sendmsg,writev,execve,"
+          "unlink,unlinkat")
 
 _LINE = re.compile(r"^(\d+) +(\d\d:\d\d:\d\d\.\d+) (.*)$")
 _UNFINISHED = re.compile(r"^(\w+)\((.*) <unfinished \.\.\.>$")
@@ -146,7 +161,7 @@ def test_acknowledged_only_when_durable(tmp_path: pathlib.Path, sync: str) -> No
     strace = require("strace")
     trace_file = tmp_path / "trace"
     config = tmp_path / "mailframe.toml"
-    config.write_text(f'[plugins.spool]\nsync = "{sync}"\n')
+    config.write_text(f'[plugins.spool]\nsync = "{sync}"\n[plugins.maildir]\nsync = "{sync}"\n')
     server: Server = start_server(
         tmp_path, extra=["--config", str(config)],
         wrap=[strace, "-f", "-yy", "-tt", "-e", f"trace={TRACED}", "-s", "256",
@@ -174,6 +189,9 @@ def test_acknowledged_only_when_durable(tmp_path: pathlib.Path, sync: str) -> No
         assert len(replies) == MESSAGES
         for n in range(MESSAGES):
             server.wait_delivered(f"user{n}", 1, timeout=60)
+        # The queue lets each go once its delivery is recorded.
+        wait_until(lambda: not list(server.queue.glob("active/*.msg")), 60,
+                   "an empty active/")
     finally:
         # strace blocks fatal signals when it runs a program with -o; the
         # signal goes to the traced program, and strace exits after it.
@@ -205,9 +223,53 @@ def test_acknowledged_only_when_durable(tmp_path: pathlib.Path, sync: str) -> No
     # Group commit: concurrent sessions share directory fsyncs.
     assert per_message < 1, "every message paid for a directory fsync of its own"
     if sync == "filesystem":
-        syncfs = sum(1 for c in calls if c.name == "syncfs" and c.ok)
-        print(f"{syncfs} syncfs made {MESSAGES} messages durable")
+        spool = os.path.realpath(server.queue)
+        syncfs = sum(1 for c in calls if c.name == "syncfs" and c.ok and c.fd_path == spool)
+        print(f"{syncfs} syncfs of the spool made {MESSAGES} messages durable")
         assert syncfs < MESSAGES, "every message paid for a syncfs of its own"
+    delivered = check_deliveries(
+        calls, os.path.realpath(server.mail), os.path.realpath(server.queue / "active"),
+        shared=sync == "filesystem")
+    assert sorted(delivered) == sorted(ids)
+
+
+def check_deliveries(calls: list[Call], mail: str, active: str, shared: bool) -> list[str]:
+    """
+    Assert, for every message delivered under *mail*, that its file and its
+    name in ``new/`` were durable before the queue removed its entry from
+    *active*; see the module's docstring.
+
+    :return: the queue id of each delivered message.
+    """
+    syncs = [c for c in calls if c.name in ("fsync", "fdatasync", "syncfs")
+             and c.ok and c.end is not None]
+    renames = [c for c in calls if c.name.startswith("rename") and c.ok and c.end is not None]
+    unlinks = [c for c in calls if c.name.startswith("unlink") and c.ok]
+    found = []
+    for path in sorted(pathlib.Path(mail).glob("*/new/*")):
+        user, name = path.parent.parent.name, path.name
+        queue_id = re.search(r" id (\S+?)[;\s]", path.read_text()).group(1)  # type: ignore[union-attr]
+        found.append(queue_id)
+        tmp, new = f"{mail}/{user}/tmp/{name}", f"{mail}/{user}/new/{name}"
+        [rename] = [c for c in renames if c.paths() == [tmp, new]]
+        [unlink] = [c for c in unlinks if c.paths() and c.paths()[-1] == f"{active}/{queue_id}.msg"]
+        if shared:
+            writes = [c.end for c in calls if c.name == "write" and c.end is not None
+                      and c.fd_path == tmp]
+            assert writes, f"{tmp} was never written"
+            file_synced = any(c.name == "syncfs" and max(writes) < c.start
+                              and c.end < rename.start for c in syncs)  # type: ignore[operator]
+            name_synced = any(c.name == "syncfs" and rename.end < c.start  # type: ignore[operator]
+                              and c.end < unlink.start for c in syncs)  # type: ignore[operator]
+        else:
+            file_synced = any(c.name == "fsync" and c.fd_path == tmp
+                              and c.end < rename.start for c in syncs)  # type: ignore[operator]
+            name_synced = any(c.name == "fsync" and c.fd_path == f"{mail}/{user}/new"
+                              and rename.end < c.start  # type: ignore[operator]
+                              and c.end < unlink.start for c in syncs)  # type: ignore[operator]
+        assert file_synced, f"{new}: renamed into new/ before its file was durable"
+        assert name_synced, f"{queue_id}: removed from the queue before {new} was durable"
+    return found
 
 
 def check_trace(
