@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["write_all"]
+__all__ = ["unlink_if_there", "write_all"]
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -12,3 +12,11 @@ def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+def unlink_if_there(path: str) -> None:
+    """Remove the file at *path*, if there is one."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

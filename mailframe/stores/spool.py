@@ -121,7 +121,7 @@ from mailframe.stores._errors import (
     StoreUnavailable,
     check_recipients,
 )
-from mailframe.stores._files import write_all
+from mailframe.stores._files import unlink_if_there, write_all
 from mailframe.stores._group import Group
 from mailframe.stores._ids import RandomSource, id_source, new_queue_id, queue_id_time
 from mailframe.stores._index import QueueIndex
@@ -1212,8 +1212,8 @@ class SpoolQueueStore:
             self._delete(queue_id)
             return
         if not bare:
-            _unlink(self._layout.envelope(queue_id))
-            _unlink(self._layout.why(queue_id))
+            unlink_if_there(self._layout.envelope(queue_id))
+            unlink_if_there(self._layout.why(queue_id))
 
     def _remove_all(self, removals: Sequence[tuple[str, bool]]) -> _Errors:
         """:meth:`_remove` each entry; the error of each, or ``None``, in order."""
@@ -1242,7 +1242,7 @@ class SpoolQueueStore:
                 with open(self._layout.why(queue_id), "wb") as f:
                     f.write(reason.encode("utf-8", "replace"))
             else:
-                _unlink(self._layout.why(queue_id))
+                unlink_if_there(self._layout.why(queue_id))
             os.rename(active, self._layout.message(EntryState.DEFERRED, queue_id))
         except FileNotFoundError:
             try:
@@ -1266,7 +1266,7 @@ class SpoolQueueStore:
         if state is not EntryState.HOLD:
             raise EntryStateError(f"{queue_id} is {state.value}, not on hold")
         target = self._relocate(queue_id, EntryState.DEFERRED, when=now, sync=True)
-        _unlink(self._layout.why(queue_id))
+        unlink_if_there(self._layout.why(queue_id))
         return target
 
     def _requeue(self, queue_id: str, now: float) -> EntryState:
@@ -1276,7 +1276,7 @@ class SpoolQueueStore:
         if state is EntryState.CORRUPT:
             raise EntryStateError(f"{queue_id} is corrupt and cannot be requeued")
         target = self._relocate(queue_id, EntryState.DEFERRED, when=now, sync=True)
-        _unlink(self._layout.why(queue_id))
+        unlink_if_there(self._layout.why(queue_id))
         return target
 
     def _delete(self, queue_id: str) -> None:
@@ -1289,8 +1289,8 @@ class SpoolQueueStore:
                 continue
         else:
             raise NoSuchEntry(queue_id)
-        _unlink(self._layout.envelope(queue_id))
-        _unlink(self._layout.why(queue_id))
+        unlink_if_there(self._layout.envelope(queue_id))
+        unlink_if_there(self._layout.why(queue_id))
         self._touch()
 
     def _quarantine(self, queue_id: str, reason: str) -> EntryState:
@@ -1504,7 +1504,7 @@ class SpoolQueueStore:
             present = {f.queue_id for f in scan.found}
             for name in os.listdir(layout.env):
                 if name.endswith((".env", ".why")) and name[:-4] not in present:
-                    _unlink(os.path.join(layout.env, name))
+                    unlink_if_there(os.path.join(layout.env, name))
                     scan.orphans += 1
         try:
             self._trigger_seen = os.stat(layout.trigger).st_mtime_ns
@@ -1711,11 +1711,11 @@ class _SpoolWriter(GatedWriter):
         if self._fd is not None:
             fd, self._fd = self._fd, None
             os.close(fd)
-        _unlink(self._temporary())
+        unlink_if_there(self._temporary())
         if committed:
             # A failed commit may have renamed its file already; its client
             # was not told 250, so the entry must not stay.
-            _unlink(self._store._layout.message(self._target, self.queue_id))
+            unlink_if_there(self._store._layout.message(self._target, self.queue_id))
 
 
 def _first_error(failure: Failure) -> Failure:
@@ -1729,18 +1729,12 @@ def _create(path: str) -> int:
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
 
 
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
 
 def _remove_tree(path: str) -> None:
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path)
     else:
-        _unlink(path)
+        unlink_if_there(path)
 
 
 def _reader(raw: io.FileIO, size: int) -> BinaryIO:

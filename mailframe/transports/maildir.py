@@ -33,7 +33,7 @@ from mailframe.envelope import DeliveryStatus, QueueEntry, RecipientResult, Rout
 from mailframe.interfaces import IDeliveryTransport, IQueueStore
 from mailframe.policies.users import local_mailbox_name
 from mailframe.reply import Reply
-from mailframe.stores._files import write_all
+from mailframe.stores._files import unlink_if_there, write_all
 from mailframe.stores._group import Group
 from mailframe.stores._syncfs import SYNC_FILE, SYNC_FILESYSTEM, check_sync, choose_syncfs
 from mailframe.stores._threads import PoolRunner, Runner, ThreadPoolLike, ThreadRunner
@@ -346,14 +346,14 @@ class MaildirTransport:
                 if outcomes[index] is None:
                     outcomes[index] = _outcome(os.rename, delivery.tmp_path, delivery.new_path)
                     if outcomes[index] is not None:
-                        _unlink(delivery.tmp_path)
+                        unlink_if_there(delivery.tmp_path)
             renamed = _succeeded(deliveries, outcomes)
             self._sync_all(renamed)
         except _SyncFailed:
             # Not known to be durable: tried again, they must not stay.
             for delivery in written:
-                _unlink(delivery.tmp_path)
-                _unlink(delivery.new_path)
+                unlink_if_there(delivery.tmp_path)
+                unlink_if_there(delivery.new_path)
             raise
         for index, delivery in enumerate(deliveries):
             if outcomes[index] is None:
@@ -411,13 +411,6 @@ def _succeeded(deliveries: list[_Delivery], outcomes: list[object]) -> list[_Del
     """The deliveries whose step so far went well."""
     return [d for d, outcome in zip(deliveries, outcomes, strict=True) if outcome is None]
 
-
-def _unlink(path: str) -> None:
-    if path:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
 
 
 def _build_maildir(settings: Any, context: Any) -> MaildirTransport:
