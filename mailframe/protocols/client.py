@@ -1243,19 +1243,29 @@ class SMTPClientProtocol(Protocol):
             raise self._after_end(broken) from None
 
     async def _stream_data(self, t: Transaction) -> None:
-        """Stream the message after 354, and end it with the final dot."""
+        """
+        Stream the message after 354, and end it with the final dot.
+
+        The dot goes out in one write with the last chunk, which is read
+        ahead to know it is the last: a small message costs one ``send``
+        after 354, not two. The checkpoint runs before that write, so that
+        a failed one still stops the message before its end.
+        """
         reader = _MessageReader(t.prefix, t.message, self.settings.chunk_size)
         self._start_producing()
         try:
+            chunk = reader.read()
             while True:
-                chunk = reader.read()
-                if not chunk:
+                following = reader.read() if chunk else b""
+                if not following:
                     break
                 await self._writable()
                 self._write(self.conn.send_data(chunk))
+                chunk = following
             await self._checkpoint(t)
             await self._writable()
-            self._write(self.conn.end_data())
+            data = self.conn.send_data(chunk) if chunk else b""
+            self._write(data + self.conn.end_data())
         finally:
             self._stop_producing()
 

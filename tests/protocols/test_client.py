@@ -10,6 +10,7 @@ import base64
 import io
 from typing import Any
 
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import ITLSTransport
 from twisted.internet.ssl import CertificateOptions
@@ -825,6 +826,51 @@ class StreamingTests(SynchronousTestCase):
                              b"a\r\n..b\r\n...c\r\n..\r\nd\r\n.\r\n")
             session.server("250 OK")
             self.successResultOf(d)
+
+    def test_final_dot_goes_with_the_last_chunk(self) -> None:
+        """
+        After 354, each chunk is one write, and the final dot shares the
+        last one's: a message of one chunk is one write.
+        """
+        message = b"Subject: hi\r\n\r\nno dot starts a line\r\n"
+        for chunk_size, chunks in [(65536, [message]),
+                                   (10, [message[i:i + 10] for i in range(0, len(message), 10)])]:
+            transport = FakeTransport()
+            session = ready(transport=transport, chunk_size=chunk_size)
+            d = session.protocol.deliver(transaction(BOB, message=message))
+            session.server("250 OK", "250 OK")
+            del transport.writes[:]
+            session.server("354 Go")
+            self.assertEqual(transport.writes, [*chunks[:-1], chunks[-1] + b".\r\n"])
+            session.server("250 OK")
+            self.assertEqual(self.successResultOf(d)[0].status, DeliveryStatus.DELIVERED)
+
+    def test_failed_checkpoint_stops_the_message_before_its_end(self) -> None:
+        """
+        The checkpoint is run before the message data and again before the
+        final dot; when the second fails, the dot is never sent, and the
+        session is dropped so that the server discards the message.
+        """
+        message = b"Subject: hi\r\n\r\nno dot starts a line\r\n"
+        calls: list[int] = []
+
+        def checkpoint() -> Deferred[None]:
+            calls.append(len(calls))
+            return succeed(None) if len(calls) == 1 else fail(RuntimeError("lease lost"))
+
+        transport = FakeTransport()
+        session = ready(transport=transport, chunk_size=10)
+        d = session.protocol.deliver(transaction(BOB, message=message, checkpoint=checkpoint))
+        session.server("250 OK", "250 OK")
+        session.sent()
+        session.server("354 Go")
+        self.assertEqual(calls, [0, 1])
+        sent = session.sent()
+        self.assertTrue(message.startswith(sent) and sent != message, sent)
+        self.assertTrue(transport.disconnecting or transport.disconnected)
+        [result] = self.successResultOf(d)
+        self.assertEqual(result.status, DeliveryStatus.TRANSIENT)
+        self.assertIn("lease", result.reply.text[0])
 
     def test_message_without_final_line_end(self) -> None:
         session = ready()
