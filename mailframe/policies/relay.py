@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
+from functools import lru_cache
 from typing import Any
 
 from mailframe.address import Mailbox
@@ -65,6 +66,9 @@ class RelayControl(PolicyBase):
     def __init__(self, local_domains: Iterable[str], relay_networks: Iterable[Network]) -> None:
         self.local_domains = frozenset(domain_key(d) for d in local_domains)
         self.relay_networks = tuple(relay_networks)
+        # Asked at every RCPT of every session: each client address is
+        # parsed and looked up once, not once a recipient.
+        self._in_networks = lru_cache(maxsize=4096)(self._look_up)
 
     def is_local(self, recipient: Mailbox) -> bool:
         """``True`` for a local domain, or ``<postmaster>`` without one."""
@@ -72,10 +76,11 @@ class RelayControl(PolicyBase):
 
     def may_relay(self, client: ClientInfo) -> bool:
         """``True`` for an authenticated client or one in the relay networks."""
-        if client.authenticated_as:
-            return True
+        return bool(client.authenticated_as) or self._in_networks(client.address)
+
+    def _look_up(self, text: str) -> bool:
         try:
-            address = ipaddress.ip_address(client.address)
+            address = ipaddress.ip_address(text)
         except ValueError:
             return False
         return any(address in network for network in self.relay_networks)

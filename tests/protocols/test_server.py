@@ -4,6 +4,7 @@ Tests for the SMTP server protocol on fake transports and a fake clock.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Any
 
@@ -12,7 +13,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
+from mailframe.address import Mailbox
 from mailframe.core import Limits
+from mailframe.envelope import ClientInfo
 from mailframe.policies import LocalRecipients, RelayControl
 from mailframe.policies.relay import LOOPBACK
 from mailframe.protocols.server import ServerSettings, SMTPServerFactory, SMTPServerProtocol
@@ -219,6 +222,24 @@ class RelayTests(SynchronousTestCase):
 
     def test_relay_allowed_from_loopback(self) -> None:
         self.assertEqual(self.rcpt("<bob@elsewhere.org>", host="127.0.0.1"), "250 2.1.5 OK")
+
+    def test_each_client_is_judged_by_its_own_address(self) -> None:
+        """
+        One policy serves every session: a client's answer is never
+        another's, whichever came first, and AUTH still counts.
+        """
+        policy = RelayControl(LOCAL, (ipaddress.ip_network("192.0.2.0/25"),))
+        bob = Mailbox("bob", "elsewhere.org")
+        for address, authenticated_as, allowed in [
+            ("192.0.2.7", None, True), ("192.0.2.200", None, False),
+            ("192.0.2.7", None, True), ("192.0.2.200", "carol", True),
+            ("192.0.2.200", None, False), ("not an address", None, False),
+            ("2001:db8::1", None, False),
+        ]:
+            client = ClientInfo(address, authenticated_as=authenticated_as)
+            verdict = policy.rcpt(client, None, bob, {})
+            self.assertEqual(verdict.action is not Action.REJECT, allowed,
+                             (address, authenticated_as))
 
     def test_relay_tricks_are_not_relayed(self) -> None:
         for trick in ("<bob%elsewhere.org@example.com>", "<elsewhere.org!bob@example.com>",
