@@ -71,6 +71,10 @@ class _Stamps:
         if when is None:
             return formatTime(when)
         second = int(when)
+        if round((when - second) * 1e6) >= 1_000_000:
+            # A time within half a microsecond of the next second: datetime
+            # rounds it to that second, and so does Twisted's own text.
+            second += 1
         last = self.last
         if second != last[0]:
             last = self.last = (second, formatTime(second))
