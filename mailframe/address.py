@@ -143,7 +143,7 @@ def _check_domain(instance: Mailbox, attribute: attrs.Attribute[str], value: str
         raise AddressError(f"bad domain {value!r}")
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)
 class Mailbox:
     """
     A mailbox: a local part and a domain or address literal.
@@ -156,6 +156,10 @@ class Mailbox:
 
     local_part: str = attrs.field(validator=_check_local_part)
     domain: str = attrs.field(validator=_check_domain)
+    # A mailbox is hashed and written many times on its way through the
+    # queue (its log lines, its queue file, the next hop's RCPT): its
+    # hash and its text are made once.
+    _text: str | None = attrs.field(default=None, init=False, eq=False, repr=False)
 
     @classmethod
     def parse(cls, text: str, utf8: bool = False) -> Mailbox:
@@ -188,11 +192,15 @@ class Mailbox:
 
     def render(self) -> str:
         """The mailbox as RFC 5321 writes it, quoting the local part if needed."""
-        local = self.local_part
-        if not _DOT_STRING[True].match(local):
-            escaped = local.replace("\\", "\\\\").replace('"', '\\"')
-            local = f'"{escaped}"'
-        return f"{local}@{self.domain}" if self.domain else local
+        text = self._text
+        if text is None:
+            local = self.local_part
+            if not _DOT_STRING[True].match(local):
+                escaped = local.replace("\\", "\\\\").replace('"', '\\"')
+                local = f'"{escaped}"'
+            text = f"{local}@{self.domain}" if self.domain else local
+            object.__setattr__(self, "_text", text)
+        return text
 
     def __str__(self) -> str:
         return self.render()

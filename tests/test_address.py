@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 
+import attrs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -282,3 +283,20 @@ def test_original_recipient_is_printable_ascii(mailbox: Mailbox) -> None:
     orcpt = original_recipient(mailbox)
     assert re.fullmatch(r"(rfc822|utf-8);[\x20-\x7e]+", orcpt)
     assert decode_xtext(encode_xtext(orcpt)) == orcpt
+
+
+def test_a_written_mailbox_equals_and_hashes_as_one_not_yet_written() -> None:
+    """Its text is kept once made; equality and hash never see it."""
+    written, fresh = Mailbox("a b", "example.com"), Mailbox("a b", "example.com")
+    assert str(written) == '"a b"@example.com'
+    assert written == fresh and hash(written) == hash(fresh)
+    assert {written: 1}[fresh] == 1
+    assert repr(written) == repr(fresh)
+
+
+def test_a_changed_mailbox_is_written_anew() -> None:
+    mailbox = Mailbox("a", "example.com")
+    assert str(mailbox) == "a@example.com"
+    changed = attrs.evolve(mailbox, domain="example.org")
+    assert str(changed) == "a@example.org"
+    assert changed != mailbox
