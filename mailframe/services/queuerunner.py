@@ -438,8 +438,11 @@ class QueueRunner(Service):
         a transient result, so that the recipient is tried again later.
         """
         try:
-            routed: Sequence[tuple[Mailbox, Mailbox, Route]] = await maybeDeferred(
-                self.router.route, entry.envelope, recipient)
+            # Most routers answer at once: no Deferred is made for them.
+            routed: Sequence[tuple[Mailbox, Mailbox, Route]] = self.router.route(
+                entry.envelope, recipient)
+            if isinstance(routed, Deferred):
+                routed = await routed
         except Exception as error:
             reply = error.reply if isinstance(error, MailframeError) else _ROUTER_FAILED
             if isinstance(error, MailframeError) and reply.is_transient:
@@ -480,22 +483,27 @@ class QueueRunner(Service):
         self, entry: QueueEntry, results: Mapping[Mailbox, Iterable[RecipientResult]]
     ) -> None:
         """One structured event for each recipient's outcome."""
-        delay = self.clock.seconds() - entry.envelope.received_at
+        envelope = entry.envelope
+        delay = self.clock.seconds() - envelope.received_at
+        # What every line of the entry shares is made once, not once a
+        # recipient; so is the recipient's text where it is the original.
+        log, queue_id, sender = self.log, entry.queue_id, str(envelope.sender)
+        client, size, attempt = envelope.client, entry.size, entry.attempts + 1
         for original, found in results.items():
+            original_text = str(original)
             for result in found:
                 # The line is made once, and the format names only it (see
                 # SMTPServerProtocol._log_message); the fields stay in the event.
-                recipient, status, reply = (str(result.recipient), result.status.value,
-                                            str(result.reply))
-                self.log.info(
+                recipient = (original_text if result.recipient == original
+                             else str(result.recipient))
+                status, reply = result.status.value, str(result.reply)
+                log.info(
                     "{line}",
-                    line=f"{entry.queue_id}: to=<{recipient}> status={status} reply={reply}",
-                    queue_id=entry.queue_id, recipient=recipient,
-                    original=str(original), sender=str(entry.envelope.sender),
-                    status=status, reply=reply,
+                    line=f"{queue_id}: to=<{recipient}> status={status} reply={reply}",
+                    queue_id=queue_id, recipient=recipient, original=original_text,
+                    sender=sender, status=status, reply=reply,
                     remote=result.remote, handoff=result.handoff.value,
-                    client=entry.envelope.client, size=entry.size, delay=delay,
-                    attempt=entry.attempts + 1,
+                    client=client, size=size, delay=delay, attempt=attempt,
                 )
 
     def _evolve(

@@ -749,6 +749,32 @@ class OutcomeEventTests(RunnerTestCase):
                 f"{queue_id}: to=<{event['recipient']}> status={event['status']}"
                 f" reply={event['reply']}")
 
+    def test_an_expanded_recipient_names_its_original(self) -> None:
+        """
+        A router may answer with a list rather than a Deferred; each
+        address it expands into has an event of its own, naming the
+        envelope's recipient as the original.
+        """
+        @implementer(IRouter)
+        class ListRouter:
+            def route(self, envelope: Any, recipient: Mailbox) -> Any:
+                if str(recipient) == "list@example.com":
+                    return [(Mailbox.parse(a), recipient, Route("mailbag"))
+                            for a in ("x@example.com", "y@example.com")]
+                return [(recipient, recipient, Route("mailbag"))]
+
+        self.router = ListRouter()
+        queue_id = self.enqueue("sender@example.org", "list@example.com", "z@example.com")
+        self.runner()
+        self.clock.advance(0)
+        self.assertIsNone(self.entry(queue_id))
+        outcomes = [e for e in self.events if "recipient" in e]
+        self.assertEqual(
+            sorted((e["recipient"], e["original"], e["status"]) for e in outcomes),
+            [("x@example.com", "list@example.com", "delivered"),
+             ("y@example.com", "list@example.com", "delivered"),
+             ("z@example.com", "z@example.com", "delivered")])
+
 
 class ReadOriginalTests(SynchronousTestCase):
     def test_whole(self) -> None:
