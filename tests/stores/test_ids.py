@@ -86,3 +86,16 @@ def test_store_makers_seed_their_own_source() -> None:
         assert source.reads == 1, build
         assert isinstance(store._random, random.Random), build  # type: ignore[attr-defined]
         assert not isinstance(store._random, random.SystemRandom), build  # type: ignore[attr-defined]
+
+
+@given(st.floats(0, 2**40), st.integers(0, 2**32))
+def test_the_id_is_the_time_then_the_random_bits_in_crockford_base32(
+    now: float, seed: int
+) -> None:
+    """Each character is five bits of the value, most significant first."""
+    queue_id = new_queue_id(random.Random(seed), now)
+    value = 0
+    for char in queue_id:
+        value = value * 32 + "0123456789ABCDEFGHJKMNPQRSTVWXYZ".index(char)
+    millis = int(now * 1000) % (1 << 50)
+    assert value == (millis << 40) | random.Random(seed).getrandbits(40)
