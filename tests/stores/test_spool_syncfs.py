@@ -24,7 +24,8 @@ from mailframe.components import SettingError
 from mailframe.stores import SpoolQueueStore
 from mailframe.stores import _syncfs as syncfs_module
 from mailframe.stores._syncfs import load_syncfs
-from mailframe.stores.spool import SYNC_FILESYSTEM, WRITE_CHUNK, spool_maker
+from mailframe.stores._threads import DEFAULT_THREADS
+from mailframe.stores.spool import SYNC_FILESYSTEM, SYNCFS_THREADS, WRITE_CHUNK, spool_maker
 from mailframe.tap import Options
 from tests.stores.test_spool import (
     MESSAGE,
@@ -268,6 +269,24 @@ class FilesystemSyncTests(_SpoolFiles, TestCase):
 
 
 # -- choosing it -----------------------------------------------------------------
+
+
+def test_threads_follow_the_sync_setting(monkeypatch: pytest.MonkeyPatch,
+                                         tmp_path: Any) -> None:
+    """
+    One syncfs covers every commit waiting for it, so that setting needs
+    fewer threads than one fsync per message; a number given is kept.
+    """
+    monkeypatch.setattr(syncfs_module, "load_syncfs", lambda: (lambda fd: None, None))
+
+    def threads(**options: Any) -> int:
+        return SpoolQueueStore(str(tmp_path), reactor, **options)._runner.size  # type: ignore[attr-defined,no-any-return]
+
+    assert threads() == DEFAULT_THREADS == 4
+    assert threads(sync="file") == DEFAULT_THREADS
+    assert threads(sync=SYNC_FILESYSTEM) == SYNCFS_THREADS == 2
+    assert threads(sync=SYNC_FILESYSTEM, threads=3) == 3
+    assert threads(sync="file", threads=1) == 1
 
 
 def test_unknown_sync_is_refused(tmp_path: Any) -> None:
