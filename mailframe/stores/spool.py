@@ -152,10 +152,6 @@ __all__ = [
     "SpoolReactor",
 ]
 
-#: Free space kept on the spool's file system: below it, :meth:`has_room`
-#: says no, and the server answers ``452`` (insufficient system storage,
-#: RFC 5321 §4.2.3) with ``4.3.1`` (mail system full, RFC 3463 §3.4) instead
-#: of failing half-way through a message.
 #: The store's own threads with :data:`SYNC_FILESYSTEM`, unless told
 #: otherwise. One ``syncfs`` makes a whole group of commits durable however
 #: many threads wait, so two threads are enough: one for the group being
@@ -164,6 +160,10 @@ __all__ = [
 #: small message cost about a tenth more CPU.
 SYNCFS_THREADS = 2
 
+#: Free space kept on the spool's file system: below it, :meth:`has_room`
+#: says no, and the server answers ``452`` (insufficient system storage,
+#: RFC 5321 §4.2.3) with ``4.3.1`` (mail system full, RFC 3463 §3.4) instead
+#: of failing half-way through a message.
 DEFAULT_MIN_FREE = 64 * 1024 * 1024
 #: Seconds for which :meth:`SpoolQueueStore.has_room` trusts the free space
 #: it last read.
@@ -401,11 +401,11 @@ class SpoolQueueStore:
         self.stats_syncfs = 0
         self.stats_corrupt = 0
         self._reactor = reactor
+        if threads is None:
+            threads = SYNCFS_THREADS if sync == SYNC_FILESYSTEM else DEFAULT_THREADS
         self._runner: Runner = (
             PoolRunner(reactor, threadpool) if threadpool is not None
-            else ThreadRunner(reactor, threads if threads is not None else
-                              SYNCFS_THREADS if sync == SYNC_FILESYSTEM else DEFAULT_THREADS,
-                              "mailframe-spool")
+            else ThreadRunner(reactor, threads, "mailframe-spool")
         )
         self._random: RandomSource = random if random is not None else Random()
         self._layout = _Layout(self.path, slot)
