@@ -412,7 +412,6 @@ def _succeeded(deliveries: list[_Delivery], outcomes: list[object]) -> list[_Del
     return [d for d, outcome in zip(deliveries, outcomes, strict=True) if outcome is None]
 
 
-
 def _build_maildir(settings: Any, context: Any) -> MaildirTransport:
     return MaildirTransport(context.store, context.reactor, threads=settings["threads"],
                             sync=settings["sync"])
