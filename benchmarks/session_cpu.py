@@ -3,7 +3,7 @@
 What the SMTP server's own code costs per message, without the network.
 
     .venv/bin/python benchmarks/session_cpu.py [--messages 5000] [--rounds 5] [--size 1024]
-        [--log twisted|mailframe] [--server mailframe|twisted] [--instructions]
+        [--log twisted|mailframe] [--server mailframe|twisted] [--instructions] [--cache]
 
 It builds the server as ``twistd mailframe --store discard --unsafe-store``
 would (the same plugins, policies and settings), connects one session to a
@@ -31,8 +31,12 @@ builds it (its lines are dropped, and it logs nothing per message): the
 same measure for the peer that mailframe's discard store is compared with.
 ``--instructions`` counts instructions per message instead of timing
 them, which other work on the machine does not move: it runs this script
-under ``valgrind --tool=callgrind`` twice, for the warm-up alone and for
-the warm-up and one round, and divides the difference by the messages.
+under ``valgrind --tool=callgrind`` twice at once, for the warm-up alone
+and for the warm-up and one round, and divides the difference by the
+messages. ``--cache`` adds callgrind's simulation of the caches and the
+branch predictor, and reports the L1 data cache misses and mispredicted
+branches per message as well: two runs of the same instructions can take
+different times.
 
 mailframe is imported from this working tree.
 """
@@ -201,27 +205,53 @@ def measure(one: Callable[[int], None], messages: int) -> float:
     return spent / messages * 1e6
 
 
-def _collected(argv: list[str]) -> int:
-    """The instructions that callgrind counted in a run of *argv*."""
-    result = subprocess.run(
-        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *argv],
-        capture_output=True, text=True, timeout=3600,
+#: What ``--cache`` reports, each the sum of callgrind's events: L1 data
+#: cache misses (reads and writes) and mispredicted branches (conditional
+#: and indirect).
+_SIMULATED = {"D1mr": "l1d", "D1mw": "l1d", "Bcm": "mispredicts", "Bim": "mispredicts"}
+
+
+def callgrind_events(text: str) -> dict[str, int]:
+    """The program's totals in a callgrind output file, by event name."""
+    names = re.search(r"^events: (.+)$", text, re.MULTILINE)
+    totals = re.search(r"^summary: (.+)$", text, re.MULTILINE)
+    if names is None or totals is None:
+        raise ValueError("not a callgrind output file")
+    return dict(zip(names[1].split(), (int(n) for n in totals[1].split()), strict=True))
+
+
+def _collect(argv: list[str], simulate: bool, out: pathlib.Path) -> subprocess.Popen[str]:
+    options = ["--cache-sim=yes", "--branch-sim=yes"] if simulate else []
+    return subprocess.Popen(
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *options, *argv],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
-    found = re.search(r"Collected : (\d+)", result.stderr)
-    if result.returncode != 0 or found is None:
-        raise SystemExit(f"the run under valgrind failed:\n{result.stdout}{result.stderr}")
-    return int(found[1])
 
 
-def instructions(args: argparse.Namespace) -> int:
-    """Instructions per message, from two runs under callgrind."""
+def instructions(args: argparse.Namespace) -> dict[str, int]:
+    """
+    Instructions per message, from two runs under callgrind, made at once;
+    with ``--cache``, also L1 data cache misses and mispredicted branches
+    per message, as callgrind simulates them.
+    """
     if shutil.which("valgrind") is None:
         raise SystemExit("--instructions needs valgrind (apt-get install valgrind)")
     base = [sys.executable, __file__, "--server", args.server, "--size", str(args.size),
             "--log", args.log, "--messages", str(args.messages), "--just-run"]
-    warm_up = _collected([*base, "0"])
-    measured = _collected([*base, "1"])
-    return (measured - warm_up) // int(args.messages)
+    with tempfile.TemporaryDirectory(prefix="mailframe-callgrind-") as workdir:
+        outs = [pathlib.Path(workdir, name) for name in ("warm-up", "measured")]
+        runs = [_collect([*base, rounds], args.cache, out)
+                for rounds, out in zip("01", outs, strict=True)]
+        outputs = [run.communicate(timeout=3600)[0] for run in runs]
+        for run, output in zip(runs, outputs, strict=True):
+            if run.returncode != 0:
+                raise SystemExit(f"the run under valgrind failed:\n{output}")
+        warm_up, measured = (callgrind_events(out.read_text()) for out in outs)
+    spent = {"instructions": measured["Ir"] - warm_up["Ir"]}
+    if args.cache:
+        for event, name in _SIMULATED.items():
+            spent[name] = spent.get(name, 0) + measured[event] - warm_up[event]
+    return {name: count // args.messages for name, count in spent.items()}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -236,6 +266,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="mailframe (default), or twisted.mail's ESMTP server")
     parser.add_argument("--instructions", action="store_true",
                         help="count instructions per message under valgrind, instead of time")
+    parser.add_argument("--cache", action="store_true",
+                        help="with the instructions, the L1 data cache misses and mispredicted"
+                             " branches per message that valgrind simulates")
     parser.add_argument("--profile", action="store_true",
                         help="print the costliest functions of one more round")
     # For --instructions: the warm-up, then this many rounds, and no figures.
@@ -243,11 +276,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.messages < 1 or args.rounds < 1 or args.size < 1:
         parser.error("--messages, --rounds and --size must be at least 1")
-    if args.instructions:
-        count = instructions(args)
-        print("| server | messages | octets | instructions/msg |")
-        print("|--------|---------:|-------:|-----------------:|")
-        print(f"| {args.server} | {args.messages:8d} | {args.size:6d} | {count:16d} |")
+    if args.instructions or args.cache:
+        counts = instructions(args)
+        heading = "| server | messages | octets | instructions/msg |"
+        rule = "|--------|---------:|-------:|-----------------:|"
+        row = (f"| {args.server} | {args.messages:8d} | {args.size:6d}"
+               f" | {counts['instructions']:16d} |")
+        if args.cache:
+            heading += " L1d misses/msg | mispredicts/msg |"
+            rule += "---------------:|----------------:|"
+            row += f" {counts['l1d']:14d} | {counts['mispredicts']:15d} |"
+        print(heading)
+        print(rule)
+        print(row)
         return 0
     with tempfile.TemporaryDirectory(prefix="mailframe-session-") as workdir:
         if args.server == "twisted":

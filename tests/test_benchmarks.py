@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import runpy
 import shutil
 import subprocess
 import sys
@@ -211,22 +212,40 @@ def test_session_cpu_tiny_run(server: str, log: str) -> None:
 
 def test_session_cpu_counts_instructions() -> None:
     """
-    ``--instructions`` counts, under valgrind, the instructions of one
-    round beyond the warm-up: per message, more than the 20 KB that the
-    core scans, and far fewer than the start of the interpreter, which the
-    warm-up run takes away.
+    ``--instructions --cache`` counts, under valgrind, the instructions of
+    one round beyond the warm-up: per message, more than the 20 KB that
+    the core scans, and far fewer than the start of the interpreter, which
+    the warm-up run takes away. Beside them, the simulated L1 data cache
+    misses and mispredicted branches: some, and fewer than instructions.
     """
     if shutil.which("valgrind") is None:
         unavailable("valgrind is not installed")
     script = REPO / "benchmarks" / "session_cpu.py"
     result = subprocess.run(
-        [sys.executable, str(script), "--messages", "20", "--size", "20480", "--instructions"],
+        [sys.executable, str(script), "--messages", "20", "--size", "20480", "--instructions",
+         "--cache"],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    cells = [cell.strip() for cell in result.stdout.splitlines()[-1].strip("|").split("|")]
+    heading, _, row = result.stdout.splitlines()[-3:]
+    assert "L1d misses/msg" in heading and "mispredicts/msg" in heading, result.stdout
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
     assert cells[:3] == ["mailframe", "20", "20480"], result.stdout
-    assert 20_480 < int(cells[3]) < 20_000_000, result.stdout
+    count, l1d, mispredicts = (int(cell) for cell in cells[3:])
+    assert 20_480 < count < 20_000_000, result.stdout
+    assert 0 < l1d < count and 0 < mispredicts < count, result.stdout
+
+
+def test_callgrind_events_reads_the_totals() -> None:
+    """
+    The benchmark reads each event's total from callgrind's output file by
+    the event's name, and refuses a file that has none.
+    """
+    bench = runpy.run_path(str(REPO / "benchmarks" / "session_cpu.py"), run_name="bench")
+    text = "version: 1\nevents: Ir D1mr Bcm\nfn=main\n1 9 2 1\nsummary: 1000 70 30\n"
+    assert bench["callgrind_events"](text) == {"Ir": 1000, "D1mr": 70, "Bcm": 30}
+    with pytest.raises(ValueError):
+        bench["callgrind_events"]("events: Ir\n")
 
 
 def test_session_cpu_refuses_a_round_without_acceptances(tmp_path: pathlib.Path) -> None:
